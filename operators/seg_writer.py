@@ -1,0 +1,172 @@
+"""Label map -> DICOM Segmentation (highdicom, BINARY) referencing one source series.
+
+The label map lies on the reference series' voxel grid in the convention of operators.volume
+([i, j, k], k ascending along the slice normal). Segment number n (1-based) is the n-th
+`SegmentSpec`; its label value is mapped to it, so label values need not be 1..n.
+
+Frames: empty frames are omitted. If no voxel carries a label at all, the SEG keeps every frame
+(all zero) of every segment: highdicom cannot omit all frames, and a complete empty SEG states
+"searched, nothing found" to viewers and downstream systems. Every segment of `segments` is
+declared in SegmentSequence even when it has no voxels.
+
+Known peer limit: Orthanc 1.10 cannot serve the frames of a 1-bit SEG whose Columns is not a
+multiple of 8 (viewers then fail to load it); this writer does not pad.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+from operators.volume import sort_slices
+
+ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically abnormal structure")
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One label value of the model's output and how it is described in the SEG.
+
+    Codes are (coding scheme designator, code value, code meaning); colour is sRGB 0-255.
+    """
+
+    label: int
+    name: str
+    property_type: tuple[str, str, str]
+    color_rgb: tuple[int, int, int]
+    property_category: tuple[str, str, str] = ABNORMAL_STRUCTURE
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentSpec:
+        """From a model-card entry: {"label": 1, "name": "...", "type": {"scheme": "SCT",
+        "value": "6574001", "meaning": "Necrosis"}, "color": [r, g, b]} and optionally
+        "category" (same form as "type"; default SCT 49755003)."""
+
+        def code(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+            return (str(entry["scheme"]), str(entry["value"]), str(entry["meaning"]))
+
+        color = tuple(int(c) for c in data["color"])
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ValueError(f"segment {data.get('name')!r}: color must be three values 0-255")
+        return cls(
+            label=int(data["label"]),
+            name=str(data["name"]),
+            property_type=code(data["type"]),
+            color_rgb=color,  # type: ignore[arg-type]
+            property_category=code(data["category"]) if "category" in data else ABNORMAL_STRUCTURE,
+        )
+
+
+def write_segmentation(
+    labels: np.ndarray,
+    reference_datasets: Sequence[pydicom.Dataset],
+    segments: Sequence[SegmentSpec],
+    algorithm_name: str,
+    algorithm_version: str,
+    output_path: Path,
+    *,
+    series_description: str = "Tumour segmentation",
+    series_number: int = 9000,
+    manufacturer: str = "SegMamba node",
+    manufacturer_model_name: str = "SegMamba",
+    device_serial_number: str = "0",
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> Path:
+    """Encode `labels` as a BINARY SEG of the reference series and write it atomically.
+
+    The SEG joins the reference study as a new series; its source images are the reference
+    instances. Raises ValueError if the label map's shape differs from the reference grid or
+    it holds values not described by `segments`.
+    """
+    ordered = sort_slices(list(reference_datasets))
+    expected = (int(ordered[0].Columns), int(ordered[0].Rows), len(ordered))
+    if labels.shape != expected:
+        raise ValueError(f"label map shape {labels.shape} differs from the reference grid {expected}")
+    segment_numbers = _segment_numbers(labels, segments)
+    frames = np.ascontiguousarray(segment_numbers.transpose(2, 1, 0))
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=spec.name,
+            segmented_property_category=hd.sr.CodedConcept(*_code(spec.property_category)),
+            segmented_property_type=hd.sr.CodedConcept(*_code(spec.property_type)),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*spec.color_rgb),
+        )
+        for number, spec in enumerate(segments, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=ordered,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name=manufacturer_model_name,
+        software_versions=algorithm_version,
+        device_serial_number=device_serial_number,
+        series_description=series_description,
+        omit_empty_frames=bool(frames.any()),
+    )
+    return _save_atomically(seg, Path(output_path))
+
+
+def _segment_numbers(labels: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarray:
+    """Map label values to segment numbers 1..n (uint8; 0 stays background)."""
+    if not segments:
+        raise ValueError("at least one segment must be described")
+    values = [spec.label for spec in segments]
+    if len(set(values)) != len(values) or 0 in values:
+        raise ValueError(f"segment label values must be unique and non-zero: {values}")
+    present = set(np.unique(labels).tolist()) - {0}
+    unknown = present - set(values)
+    if unknown:
+        raise ValueError(f"label values {sorted(unknown)} are not described by any segment")
+    lookup = np.zeros(max(values) + 1, dtype=np.uint8)
+    for number, value in enumerate(values, start=1):
+        lookup[value] = number
+    return lookup[labels.astype(np.int64)]
+
+
+def _code(code: tuple[str, str, str]) -> tuple[str, str, str]:
+    """(value, scheme, meaning) in CodedConcept's argument order."""
+    scheme, value, meaning = code
+    return value, scheme, meaning
+
+
+def _save_atomically(dataset: pydicom.Dataset, output_path: Path) -> Path:
+    """Write to a temporary file beside output_path, fsync, then rename over it."""
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=output_path.parent, prefix=".", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            dataset.save_as(handle, enforce_file_format=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, output_path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(output_path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return output_path

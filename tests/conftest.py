@@ -1,0 +1,106 @@
+"""Shared fixtures. Project imports stay inside fixtures so one broken layer fails only its tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic DICOM study with a known lesion (geometry path: phantom, study, volume, SEG).
+# ---------------------------------------------------------------------------------------------
+
+BRATS_SEGMENTS: list[dict[str, Any]] = [
+    {"label": 1, "name": "Necrotic tumour core",
+     "type": {"scheme": "SCT", "value": "6574001", "meaning": "Necrosis"}, "color": [230, 60, 60]},
+    {"label": 2, "name": "Peritumoral oedema",
+     "type": {"scheme": "SCT", "value": "79654002", "meaning": "Edema"}, "color": [90, 200, 90]},
+    {"label": 3, "name": "Enhancing tumour",
+     "type": {"scheme": "NCIt", "value": "C113842", "meaning": "Enhancing Lesion"}, "color": [250, 220, 60]},
+]
+
+# FLAIR series in each orientation, each with its own resolution and field of view.
+FLAIR_BY_ORIENTATION = {
+    "axial": "T2W_FLAIR_AX",
+    "sagittal": "T2W_FLAIR_SAG",
+    "coronal": "T2W_FLAIR_COR",
+    "oblique": "T2W_FLAIR",
+}
+REFERENCE_DESCRIPTION = "AX T1 POST GAD"
+
+
+@pytest.fixture(scope="session")
+def phantom() -> Any:
+    """Head off the scanner origin with a lesion in the right-posterior-superior brain."""
+    from segmamba.synthetic import Lesion, Phantom
+
+    return Phantom(center=(3.0, -12.0, 18.0), lesion=Lesion(center=(-28.0, 5.0, 40.0), radius=24.0, seed=7))
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory: pytest.TempPathFactory, phantom: Any) -> Any:
+    """A written study: T1 sag 3D, T1c ax (anisotropic pixels), T2 cor, FLAIR in four
+    orientations, a localizer and DWI; shuffled write order, opaque file names."""
+    from app.synthetic_study import SeriesSpec, write_study
+
+    specs = [
+        SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", rows=112, columns=120, slices=60,
+                   pixel_spacing=(1.9, 1.9), slice_thickness=2.6),
+        SeriesSpec("t1c", REFERENCE_DESCRIPTION, "axial", rows=120, columns=104, slices=48,
+                   pixel_spacing=(1.8, 1.6), slice_thickness=3.0, center=(3.0, -14.0, 22.0)),
+        SeriesSpec("t2w", "Ax T2 FSE", "coronal", rows=96, columns=100, slices=52,
+                   pixel_spacing=(2.0, 2.0), slice_thickness=3.5, slice_spacing=4.0),
+        SeriesSpec("t2f", FLAIR_BY_ORIENTATION["oblique"], "axial", tilt_deg=(14.0, -6.0, 9.0), rows=112,
+                   columns=112, slices=44, pixel_spacing=(1.9, 1.9), slice_thickness=2.8),
+        SeriesSpec("t2f", FLAIR_BY_ORIENTATION["axial"], "axial", rows=100, columns=96, slices=40,
+                   pixel_spacing=(2.2, 2.1), slice_thickness=3.0, slice_spacing=3.3),
+        SeriesSpec("t2f", FLAIR_BY_ORIENTATION["sagittal"], "sagittal", rows=96, columns=104, slices=56,
+                   pixel_spacing=(2.0, 2.1), slice_thickness=2.5),
+        SeriesSpec("t2f", FLAIR_BY_ORIENTATION["coronal"], "coronal", rows=88, columns=80, slices=64,
+                   pixel_spacing=(2.3, 2.2), slice_thickness=2.0, center=(5.0, -10.0, 25.0)),
+        SeriesSpec("t1n", "localizer", kind="localizer", rows=64, columns=64, pixel_spacing=(4.0, 4.0),
+                   slice_thickness=8.0),
+        SeriesSpec("t2w", "ep2d_diff_3scan_trace_p2", kind="dwi", rows=48, columns=48, slices=20,
+                   pixel_spacing=(4.5, 4.5), slice_thickness=5.0),
+    ]
+    out = tmp_path_factory.mktemp("study")
+    return write_study(out, phantom, specs, seed=11, shuffle_files=True, opaque_names=True)
+
+
+@pytest.fixture(scope="session")
+def study_series(study: Any) -> dict[str, list[Any]]:
+    """The study's instances read back from disk, grouped by SeriesDescription."""
+    import pydicom
+
+    groups: dict[str, list[Any]] = {}
+    for path in sorted(study.series[0].files[0].parent.iterdir()):
+        dataset = pydicom.dcmread(path)
+        groups.setdefault(str(dataset.SeriesDescription), []).append(dataset)
+    return groups
+
+
+@pytest.fixture(scope="session")
+def brats_segments() -> list[Any]:
+    """BraTS 2023 label meanings as a model card would give them."""
+    from operators.seg_writer import SegmentSpec
+
+    return [SegmentSpec.from_dict(entry) for entry in BRATS_SEGMENTS]
+
+
+@pytest.fixture(scope="session")
+def dciodvfy_errors() -> Callable[[Path], list[str]]:
+    """Run dicom3tools' dciodvfy on a file and return its "Error" lines (fails if not installed)."""
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        pytest.fail("dciodvfy (Debian dicom3tools) is not installed; run tools/setup --dev")
+
+    def run(path: Path) -> list[str]:
+        result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
+        lines = (result.stdout + result.stderr).splitlines()
+        return [line for line in lines if line.startswith("Error")]
+
+    return run

@@ -1,0 +1,241 @@
+"""Label map -> DICOM SEG: geometry round trip through the SEG's own headers, validity, policies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from app.synthetic_study import truth_labels
+from operators.seg_writer import SegmentSpec, write_segmentation
+from operators.volume import resample_to_grid, series_to_volume
+from segmamba.synthetic import Phantom
+from tests.conftest import BRATS_SEGMENTS, FLAIR_BY_ORIENTATION, REFERENCE_DESCRIPTION
+
+WHOLE_TUMOUR = SegmentSpec.from_dict(
+    {"label": 1, "name": "Whole tumour", "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
+     "color": [255, 128, 0]}
+)
+
+
+def _seg_points(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World points (LPS) of every pixel of every frame, from the SEG's own functional groups,
+    with the frame's segment number and its pixel values: (frames, rows, cols, 3), (frames,), pixels."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    rows, columns = np.meshgrid(np.arange(seg.Rows), np.arange(seg.Columns), indexing="ij")
+    offsets = (columns[..., None] * column_spacing * orientation[:3]
+               + rows[..., None] * row_spacing * orientation[3:])
+    positions, segment_numbers = [], []
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        positions.append(np.array(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float))
+        identification = frame if "SegmentIdentificationSequence" in frame else shared
+        segment_numbers.append(int(identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
+    points = np.stack(positions)[:, None, None, :] + offsets[None]
+    pixels = seg.pixel_array.reshape(len(positions), seg.Rows, seg.Columns)
+    return points, np.array(segment_numbers), pixels
+
+
+def _seg_dice(
+    seg: pydicom.Dataset, segments: set[int], phantom: Phantom, labels: set[int], truth_count: int
+) -> float:
+    """Dice between the union of SEG segments (disjoint; placed by the SEG's own geometry) and
+    the phantom's voxels with these labels, of which the reference grid holds truth_count."""
+    points, segment_numbers, pixels = _seg_points(seg)
+    chosen = np.isin(segment_numbers, list(segments))
+    positive = pixels[chosen] > 0
+    truth_at_seg = np.isin(phantom.sample(points[chosen])["label"], list(labels))
+    return 2.0 * float((positive & truth_at_seg).sum()) / float(positive.sum() + truth_count)
+
+
+@pytest.mark.parametrize("orientation", sorted(FLAIR_BY_ORIENTATION))
+def test_seg_on_each_orientation_lands_on_the_lesion(
+    orientation: str,
+    tmp_path: Path,
+    study: Any,
+    study_series: dict[str, list[pydicom.Dataset]],
+    phantom: Phantom,
+) -> None:
+    """Threshold a FLAIR on its own grid, write the SEG against it, and place the SEG in space."""
+    description = FLAIR_BY_ORIENTATION[orientation]
+    datasets = study_series[description]
+    mask = (series_to_volume(datasets).array > 700.0).astype(np.uint8)
+    path = write_segmentation(mask, datasets, [WHOLE_TUMOUR], "SegMamba", "0.1", tmp_path / "seg.dcm")
+    seg = hd.seg.segread(path)
+    truth_count = int((truth_labels(phantom, study.by_description(description)) > 0).sum())
+    assert _seg_dice(seg, {1}, phantom, {1, 2, 3}, truth_count) >= 0.95
+
+
+def test_multi_series_study_round_trip(
+    tmp_path: Path,
+    study: Any,
+    study_series: dict[str, list[pydicom.Dataset]],
+    phantom: Phantom,
+    brats_segments: list[SegmentSpec],
+    dciodvfy_errors: Callable[[Path], list[str]],
+) -> None:
+    """All contrasts onto the T1c grid, labels by thresholds, SEG written, read back, placed."""
+    reference_datasets = study_series[REFERENCE_DESCRIPTION]
+    reference = series_to_volume(reference_datasets)
+
+    def on_reference(description: str) -> np.ndarray:
+        volume = series_to_volume(study_series[description])
+        return resample_to_grid(volume, reference.shape, reference.affine, order=1)
+
+    t1c, flair = reference.array, on_reference("T2W_FLAIR")
+    assert on_reference("t1_mprage_sag_p2_iso").shape == on_reference("Ax T2 FSE").shape == reference.shape
+    whole = flair > 700.0
+    labels = np.where(whole, 2, 0).astype(np.uint8)
+    labels[whole & (t1c > 900.0)] = 3
+    labels[whole & (t1c < 350.0)] = 1
+
+    path = write_segmentation(labels, reference_datasets, brats_segments, "SegMamba", "0.1",
+                              tmp_path / "out" / "seg.dcm", series_description="SegMamba BraTS")
+    assert dciodvfy_errors(path) == []
+    seg = hd.seg.segread(path)
+    truth = truth_labels(phantom, study.by_description(REFERENCE_DESCRIPTION))
+    assert _seg_dice(seg, {1, 2, 3}, phantom, {1, 2, 3}, int((truth > 0).sum())) >= 0.95
+    for number, spec in enumerate(brats_segments, start=1):
+        count = int((truth == spec.label).sum())
+        assert _seg_dice(seg, {number}, phantom, {spec.label}, count) >= 0.9, spec.name
+
+
+def test_seg_headers(
+    tmp_path: Path,
+    study: Any,
+    study_series: dict[str, list[pydicom.Dataset]],
+    phantom: Phantom,
+    brats_segments: list[SegmentSpec],
+) -> None:
+    reference_datasets = study_series[REFERENCE_DESCRIPTION]
+    info = study.by_description(REFERENCE_DESCRIPTION)
+    path = write_segmentation(truth_labels(phantom, info), reference_datasets, brats_segments,
+                              "SegMamba", "1.2.3", tmp_path / "seg.dcm", series_description="SegMamba tumour")
+    seg = hd.seg.segread(path)
+    assert seg.StudyInstanceUID == study.study_instance_uid
+    assert seg.FrameOfReferenceUID == study.frame_of_reference_uid
+    assert seg.SeriesInstanceUID != info.series_instance_uid
+    assert seg.SeriesDescription == "SegMamba tumour" and seg.SegmentationType == "BINARY"
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == info.series_instance_uid
+    assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} <= {
+        ds.SOPInstanceUID for ds in reference_datasets
+    }
+    assert seg.NumberOfFrames < 3 * info.spec.slices  # empty frames omitted
+    for item, spec in zip(seg.SegmentSequence, brats_segments, strict=True):
+        assert item.SegmentLabel == spec.name
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        assert (category.CodingSchemeDesignator, category.CodeValue) == ("SCT", "49755003")
+        kind = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (kind.CodingSchemeDesignator, kind.CodeValue, kind.CodeMeaning) == spec.property_type
+        assert item.SegmentAlgorithmType == "AUTOMATIC" and item.SegmentAlgorithmName == "SegMamba"
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmVersion == "1.2.3"
+        expected = hd.color.CIELabColor.from_rgb(*spec.color_rgb).value
+        assert tuple(item.RecommendedDisplayCIELabValue) == expected
+        assert tuple(hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()) == (
+            spec.color_rgb
+        )
+
+
+def test_study_without_tumour_gives_a_valid_empty_seg(
+    tmp_path: Path,
+    study_series: dict[str, list[pydicom.Dataset]],
+    brats_segments: list[SegmentSpec],
+    dciodvfy_errors: Callable[[Path], list[str]],
+) -> None:
+    datasets = study_series["T2W_FLAIR_COR"]
+    shape = series_to_volume(datasets).shape
+    path = write_segmentation(np.zeros(shape, dtype=np.uint8), datasets, brats_segments, "SegMamba", "0.1",
+                              tmp_path / "empty.dcm")
+    assert dciodvfy_errors(path) == []
+    seg = hd.seg.segread(path)
+    assert len(seg.SegmentSequence) == 3
+    assert seg.NumberOfFrames == 3 * shape[2]
+    assert not np.any(seg.pixel_array)
+
+
+def test_absent_segment_and_non_contiguous_label_values(
+    tmp_path: Path,
+    study_series: dict[str, list[pydicom.Dataset]],
+    dciodvfy_errors: Callable[[Path], list[str]],
+) -> None:
+    datasets = study_series["T2W_FLAIR_AX"]
+    volume = series_to_volume(datasets)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[40:50, 30:45, 10:14] = 4
+    entries = [dict(entry) for entry in BRATS_SEGMENTS]
+    entries[2]["label"] = 4  # BraTS 2018-2021 numbering of the enhancing tumour
+    segments = [SegmentSpec.from_dict(entry) for entry in entries]
+    path = write_segmentation(labels, datasets, segments, "SegMamba", "0.1", tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    seg = hd.seg.segread(path)
+    assert len(seg.SegmentSequence) == 3
+    points, segment_numbers, pixels = _seg_points(seg)
+    assert set(segment_numbers.tolist()) == {3} and len(segment_numbers) == 4
+    assert int(pixels.sum()) == 10 * 15 * 4
+    # The marked block lies where the volume's affine puts it.
+    world = points[pixels > 0]
+    index = np.rint((np.linalg.inv(volume.affine)[:3, :3] @ world.T).T + np.linalg.inv(volume.affine)[:3, 3])
+    assert {tuple(v) for v in index.astype(int).tolist()} == {
+        (i, j, k) for i in range(40, 50) for j in range(30, 45) for k in range(10, 14)
+    }
+
+
+def test_bad_label_maps_are_refused_and_leave_no_file(
+    tmp_path: Path, study_series: dict[str, list[pydicom.Dataset]], brats_segments: list[SegmentSpec]
+) -> None:
+    datasets = study_series["T2W_FLAIR_AX"]
+    shape = series_to_volume(datasets).shape
+    output = tmp_path / "seg.dcm"
+    with pytest.raises(ValueError, match="shape"):
+        write_segmentation(np.zeros(shape[::-1], np.uint8), datasets, brats_segments, "S", "1", output)
+    labels = np.zeros(shape, np.uint8)
+    labels[0, 0, 0] = 5
+    with pytest.raises(ValueError, match=r"\[5\]"):
+        write_segmentation(labels, datasets, brats_segments, "S", "1", output)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_is_atomic(
+    tmp_path: Path,
+    study_series: dict[str, list[pydicom.Dataset]],
+    brats_segments: list[SegmentSpec],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    datasets = study_series["T2W_FLAIR_AX"]
+    labels = np.zeros(series_to_volume(datasets).shape, np.uint8)
+    labels[10:20, 10:20, 5] = 2
+    output = tmp_path / "seg.dcm"
+    output.write_bytes(b"previous result")
+
+    def broken_save(self: pydicom.Dataset, handle: Any, **kwargs: Any) -> None:
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hd.seg.Segmentation, "save_as", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_segmentation(labels, datasets, brats_segments, "S", "1", output)
+    assert output.read_bytes() == b"previous result"
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
+    monkeypatch.undo()
+    write_segmentation(labels, datasets, brats_segments, "S", "1", output)
+    assert hd.seg.segread(output).NumberOfFrames == 1
+
+
+def test_segment_spec_from_dict() -> None:
+    spec = SegmentSpec.from_dict(BRATS_SEGMENTS[2])
+    assert spec == SegmentSpec(3, "Enhancing tumour", ("NCIt", "C113842", "Enhancing Lesion"), (250, 220, 60))
+    custom = SegmentSpec.from_dict({**BRATS_SEGMENTS[0], "category": {"scheme": "SCT", "value": "91723000",
+                                                                        "meaning": "Anatomical structure"}})
+    assert custom.property_category == ("SCT", "91723000", "Anatomical structure")
+    with pytest.raises(ValueError, match="color"):
+        SegmentSpec.from_dict({**BRATS_SEGMENTS[0], "color": [0, 300, 0]})
+    with pytest.raises(KeyError):
+        SegmentSpec.from_dict({"label": 1, "name": "x", "color": [0, 0, 0]})
