@@ -1,0 +1,570 @@
+"""Series selection: vendor studies, attribute evidence, ignored series, failures, SDK parity."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from operators.series_selection import (
+    DEFAULT_RULES_PATH,
+    SeriesSelectionError,
+    load_rules,
+    match_conditions,
+    select_from_studies,
+    select_series,
+)
+
+_AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+_SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+_COUNTER = itertools.count(1)
+
+# Typical acquisition parameters: ScanningSequence, SequenceVariant, TR, TE, TI, MRAcquisitionType.
+MPRAGE = {"seq": ["GR", "IR"], "var": ["SK", "SP", "MP"], "tr": 2300.0, "te": 2.32, "ti": 900.0, "acq": "3D"}
+FSPGR = {"seq": ["GR"], "var": ["SS", "SK"], "tr": 8.2, "te": 3.2, "ti": 450.0, "acq": "3D"}
+TFE = {"seq": ["GR"], "var": ["MP", "SK"], "tr": 8.1, "te": 3.7, "acq": "3D"}
+T1_SE = {"seq": ["SE"], "var": ["SK", "SP"], "tr": 550.0, "te": 11.0, "acq": "2D"}
+TSE = {"seq": ["SE"], "var": ["SK", "SP", "OSP"], "tr": 6000.0, "te": 96.0, "acq": "2D"}
+FLAIR = {"seq": ["SE", "IR"], "var": ["SK", "SP", "MP"], "tr": 9000.0, "te": 81.0, "ti": 2500.0, "acq": "2D"}
+EPI = {"seq": ["EP"], "var": ["SK", "SP"], "tr": 5200.0, "te": 89.0, "acq": "2D"}
+
+
+def make_series(
+    description: str,
+    params: dict[str, Any],
+    *,
+    number: int,
+    time: str,
+    slices: int = 12,
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    accession: str = "ACC001",
+    modality: str = "MR",
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND"),
+    agent: str | None = None,
+    b_values: tuple[float, ...] = (),
+    repeats: int = 1,
+    temporal: bool = False,
+    orientation: list[float] = _AXIAL,
+) -> tuple[str, list[pydicom.Dataset]]:
+    """One series of header-only instances; `repeats` > 1 stacks several volumes (4D / DWI)."""
+    uid = generate_uid(entropy_srcs=[description, str(number), str(next(_COUNTER))])
+    datasets = []
+    for index, (repeat, k) in enumerate(itertools.product(range(repeats), range(slices)), start=1):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study_uid
+        ds.AccessionNumber = accession
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20240301"
+        ds.SeriesInstanceUID = uid
+        ds.SeriesNumber = number
+        ds.SeriesDescription = description
+        ds.Modality = modality
+        ds.PatientPosition = "HFS"
+        ds.SeriesTime = time
+        ds.AcquisitionTime = time
+        ds.AcquisitionNumber = repeat + 1
+        ds.InstanceNumber = index
+        ds.ImageType = list(image_type)
+        ds.ImageOrientationPatient = orientation
+        ds.ImagePositionPatient = [-120.0, -120.0, -60.0 + 2.5 * k]
+        ds.SliceThickness = 2.5
+        ds.PixelSpacing = [0.9, 0.9]
+        if modality == "MR":
+            ds.ScanningSequence = params["seq"]
+            ds.SequenceVariant = params["var"]
+            ds.RepetitionTime = params["tr"]
+            ds.EchoTime = params["te"]
+            if params.get("ti"):
+                ds.InversionTime = params["ti"]
+            ds.MRAcquisitionType = params["acq"]
+        if agent is not None:
+            ds.ContrastBolusAgent = agent
+        if b_values:
+            ds.DiffusionBValue = b_values[repeat % len(b_values)]
+        if temporal:
+            ds.TemporalPositionIdentifier = repeat + 1
+            ds.NumberOfTemporalPositions = repeats
+        datasets.append(ds)
+    return uid, datasets
+
+
+def study(*series: tuple[str, list[pydicom.Dataset]]) -> dict[str, list[pydicom.Dataset]]:
+    return dict(series)
+
+
+def siemens_study(include_flair: bool = True) -> tuple[dict[str, list[pydicom.Dataset]], dict[str, str]]:
+    """Siemens: localizer, native and post MPRAGE (same description, agent on the post), MPR, TSE, TIRM, DWI."""
+    loc = make_series("localizer", T1_SE, number=1, time="080100", slices=9, image_type=("ORIGINAL", "PRIMARY", "M"))
+    pre = make_series("t1_mprage_sag_p2_iso", MPRAGE, number=2, time="080500", slices=16, orientation=_SAGITTAL)
+    t2w = make_series("t2_tse_tra", TSE, number=3, time="081200")
+    t2f = make_series("t2_tirm_tra_dark-fluid", FLAIR, number=4, time="081600")
+    dwi = make_series("ep2d_diff_mddw_20_p2_TRACEW", EPI, number=5, time="082000", b_values=(0.0, 1000.0), repeats=2)
+    adc = make_series(
+        "ep2d_diff_mddw_20_p2_ADC", EPI, number=6, time="082000", image_type=("DERIVED", "PRIMARY", "DIFFUSION", "ADC")
+    )
+    post = make_series(
+        "t1_mprage_sag_p2_iso", MPRAGE, number=7, time="083000", slices=16, agent="Gadovist", orientation=_SAGITTAL
+    )
+    mpr = make_series(
+        "t1_mprage_sag_p2_iso_MPR_tra", MPRAGE, number=8, time="083000", slices=30,
+        image_type=("DERIVED", "SECONDARY", "MPR"), agent="Gadovist",
+    )  # fmt: skip
+    parts = [loc, pre, t2w, dwi, adc, post, mpr] + ([t2f] if include_flair else [])
+    uids = {"t1n": pre[0], "t1c": post[0], "t2w": t2w[0], "t2f": t2f[0], "loc": loc[0], "mpr": mpr[0], "adc": adc[0]}
+    return study(*parts), uids
+
+
+def ge_study() -> tuple[dict[str, list[pydicom.Dataset]], dict[str, str]]:
+    """GE: 3-plane localizer, ASSET calibration, FSPGR pre/+C (no ContrastBolusAgent), FSE, FLAIR, DWI."""
+    parts = {
+        "loc": make_series("3-Plane Loc", T1_SE, number=1, time="090000", slices=12,
+                           image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
+        "cal": make_series("ASSET Cal", T1_SE, number=2, time="090100", slices=20),
+        "t1n": make_series("Sag 3D T1 FSPGR", FSPGR, number=3, time="090300", slices=16, orientation=_SAGITTAL),
+        "t2w": make_series("Ax T2 FSE", TSE, number=4, time="090900"),
+        "t2f": make_series("Ax T2 FLAIR", {**FLAIR, "te": 140.0, "ti": 2250.0}, number=5, time="091400"),
+        "dwi": make_series("Ax DWI", EPI, number=6, time="091800", repeats=2),  # b-values in GE private tags
+        "t1c": make_series("Sag 3D T1 FSPGR +C", FSPGR, number=7, time="092500", slices=16, orientation=_SAGITTAL),
+    }  # fmt: skip
+    return study(*parts.values()), {k: v[0] for k, v in parts.items()}
+
+
+def philips_study() -> tuple[dict[str, list[pydicom.Dataset]], dict[str, str]]:
+    """Philips: Survey, T1W_3D_TFE pre/+C, T2W_TSE, T2W_FLAIR, DWI with b-values."""
+    parts = {
+        "survey": make_series("Survey", TFE, number=101, time="100000", slices=3),
+        "t1n": make_series("T1W_3D_TFE", TFE, number=301, time="100400", slices=16),
+        "t2w": make_series("T2W_TSE", {**TSE, "te": 100.0}, number=401, time="101000"),
+        "t2f": make_series("T2W_FLAIR", {**FLAIR, "tr": 11000.0, "te": 125.0, "ti": 2800.0}, number=501, time="101500"),
+        "dwi": make_series("DWI", EPI, number=601, time="102000", b_values=(0.0, 1000.0), repeats=2),
+        "t1c": make_series("T1W_3D_TFE +C", TFE, number=701, time="103000", slices=16),
+    }
+    return study(*parts.values()), {k: v[0] for k, v in parts.items()}
+
+
+def unhelpful_study() -> tuple[dict[str, list[pydicom.Dataset]], dict[str, str]]:
+    """Descriptions say nothing: the roles must come from DICOM attributes."""
+    parts = {
+        "loc": make_series("Series 1", T1_SE, number=1, time="110000", slices=15,
+                           image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
+        "t1n": make_series("Series 2", MPRAGE, number=2, time="110300", slices=16),
+        "t2w": make_series("", TSE, number=3, time="110900"),
+        "t2f": make_series("Series 4", FLAIR, number=4, time="111400"),
+        "dwi": make_series("Series 5", EPI, number=5, time="111800", b_values=(0.0, 1000.0), repeats=2),
+        "t1c": make_series("Series 6", T1_SE, number=6, time="112500", agent="Dotarem"),
+    }  # fmt: skip
+    return study(*parts.values()), {k: v[0] for k, v in parts.items()}
+
+
+@pytest.mark.parametrize("factory", [siemens_study, ge_study, philips_study, unhelpful_study])
+def test_vendor_studies_select_the_four_series(factory: Any) -> None:
+    series, uids = factory()
+    selection = select_series(series)
+    assert selection.series_uids == {role: uids[role] for role in ("t1n", "t1c", "t2w", "t2f")}
+    assert selection.study_instance_uid == "1.2.826.0.1.3680043.8.498.1"
+    assert set(selection.reasons) == {"t1n", "t1c", "t2w", "t2f"}
+    assert all(reason for reason in selection.reasons.values())
+    assert set(selection.ignored) == set(series) - set(selection.series_uids.values())
+
+
+def test_siemens_post_contrast_told_apart_by_contrast_agent_and_ignored_series_have_reasons() -> None:
+    series, uids = siemens_study()
+    selection = select_series(series)
+    assert "ContrastBolusAgent 'Gadovist'" in selection.reasons["t1c"]
+    assert "t1_mprage_sag_p2_iso" in selection.reasons["t1n"]
+    assert "localizer" in selection.ignored[uids["loc"]]
+    assert "derived image" in selection.ignored[uids["mpr"]]
+    assert "diffusion" in selection.ignored[uids["adc"]]
+
+
+def test_unhelpful_descriptions_resolved_by_attributes() -> None:
+    series, uids = unhelpful_study()
+    selection = select_series(series)
+    reasons = selection.reasons
+    assert "matches no rule" in reasons["t2f"] and "FLAIR" in reasons["t2f"]
+    assert "T2-weighted" in reasons["t2w"]
+    assert "Dotarem" in reasons["t1c"]
+    assert "TI 900 ms" in reasons["t1n"]
+    assert "localizer (ImageType LOCALIZER)" in selection.ignored[uids["loc"]]
+    assert "4D" in selection.ignored[uids["dwi"]] and "DiffusionBValue" in selection.ignored[uids["dwi"]]
+    rules = load_rules()
+    rules["attributes"]["use"] = False
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(series, rules)
+    assert set(failure.value.missing) == {"t1n", "t1c", "t2w", "t2f"}
+    assert "attribute evidence disabled" in str(failure.value)
+
+
+def test_two_t1_without_contrast_evidence_ordered_by_acquisition_time() -> None:
+    late = make_series("Series 9", MPRAGE, number=3, time="120500", slices=16)  # lower number, later time
+    early = make_series("Series 2", MPRAGE, number=9, time="120100", slices=16)
+    series = study(
+        early,
+        late,
+        make_series("Series 4", TSE, number=4, time="120200"),
+        make_series("x", FLAIR, number=5, time="1203"),
+    )
+    selection = select_series(series)
+    assert selection.series_uids["t1n"] == early[0]
+    assert selection.series_uids["t1c"] == late[0]
+    assert "order fallback" in selection.reasons["t1c"]
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(series, {**load_rules(), "order_fallback": False})
+    assert failure.value.missing == ("t1c",)
+    assert "no ContrastBolusAgent" in str(failure.value)
+
+
+def test_missing_flair_lists_every_series_and_why_each_candidate_was_rejected() -> None:
+    series, _ = siemens_study(include_flair=False)
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(series)
+    message = str(failure.value)
+    lines = message.splitlines()
+    assert lines[0].startswith("Series selection failed for study 1.2.826.0.1.3680043.8.498.1 (accession ACC001)")
+    assert "no t2f series" in lines[0]
+    assert failure.value.missing == ("t2f",)
+    assert "Series found (7):" in lines
+    for uid, instances in series.items():
+        description = instances[0].SeriesDescription
+        assert any(f"{description!r} MR, {len(instances)} instances, uid {uid}" in line for line in lines)
+    assert any("'localizer'" in line and "ignored: localizer" in line for line in lines)
+    assert any("_ADC'" in line and "ignored: diffusion" in line for line in lines)
+    t2f_block = lines[lines.index("t2f: no candidate among 3 usable series") :]
+    assert any("'t2_tse_tra': chosen for t2w" in line for line in t2f_block)
+    assert sum("'t1_mprage_sag_p2_iso': chosen for t1" in line for line in t2f_block) == 2
+
+
+def test_ambiguous_t1c_fails_and_prefer_policies_resolve_it() -> None:
+    series, uids = ge_study()
+    ax_post = make_series("AX T1 POST GAD", T1_SE, number=8, time="093000")
+    series.update([ax_post])
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(series)
+    message = str(failure.value)
+    assert "2 series tie for t1c" in message.splitlines()[0]
+    assert set(failure.value.ambiguous["t1c"]) == {uids["t1c"], ax_post[0]}
+    assert "'AX T1 POST GAD': 12 instances, 2D" in message
+    assert "'Sag 3D T1 FSPGR +C': 16 instances, 3D" in message
+    assert 'set "prefer"' in message
+    rules = load_rules()
+    assert select_series(series, {**rules, "prefer": ["3d"]}).series_uids["t1c"] == uids["t1c"]
+    assert select_series(series, {**rules, "prefer": "most_slices"}).series_uids["t1c"] == uids["t1c"]
+    assert select_series(series, {**rules, "prefer": ["latest"]}).series_uids["t1c"] == ax_post[0]
+    chosen = select_series(series, {**rules, "prefer": ["earliest"]})
+    assert chosen.series_uids["t1c"] == uids["t1c"]
+    assert "by prefer=earliest" in chosen.reasons["t1c"]
+
+
+def test_repeated_t2_is_ambiguous_unless_latest_preferred() -> None:
+    series, uids = philips_study()
+    repeat = make_series("T2W_TSE", {**TSE, "te": 100.0}, number=402, time="101200")
+    series.update([repeat])
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(series)
+    assert set(failure.value.ambiguous) == {"t2w"}
+    assert select_series(series, {**load_rules(), "prefer": ["latest"]}).series_uids["t2w"] == repeat[0]
+    assert select_series(series, {**load_rules(), "prefer": ["earliest"]}).series_uids["t2w"] == uids["t2w"]
+
+
+def test_attribute_disagreement_breaks_a_description_tie() -> None:
+    series, uids = philips_study()
+    odd = make_series("T2W_FLAIR", TSE, number=502, time="101700")  # no inversion: not a FLAIR
+    series.update([odd])
+    selection = select_series(series)
+    assert selection.series_uids["t2f"] == uids["t2f"]
+    assert "whose attributes do not say FLAIR" in selection.reasons["t2f"]
+
+
+def test_derived_4d_and_non_mr_series_are_ignored() -> None:
+    series, uids = philips_study()
+    derived = make_series(
+        "T1W_3D_TFE +C", TFE, number=702, time="103000", slices=16, image_type=("DERIVED", "SECONDARY")
+    )
+    dynamic = make_series("T1W_3D_TFE +C dyn", TFE, number=703, time="103100", slices=20, repeats=3)
+    uid, both = make_series("T2W_FLAIR", FLAIR, number=704, time="103200", slices=20, repeats=2, temporal=True)
+    temporal = (uid, both[20:])  # what the SDK's loader keeps: one instance per position, the last repeat
+    fused = make_series("T1W_3D_TFE +C", TFE, number=705, time="103300", slices=16, modality="OT")
+    thin = make_series("T2W_TSE", TSE, number=706, time="103400", slices=6)
+    series.update([derived, dynamic, temporal, fused, thin])
+    selection = select_series(series)
+    assert selection.series_uids == {role: uids[role] for role in ("t1n", "t1c", "t2w", "t2f")}
+    assert "derived image (ImageType DERIVED\\SECONDARY)" in selection.ignored[derived[0]]
+    assert "4D: 60 instances at 20 positions" in selection.ignored[dynamic[0]]
+    assert "4D: 2 temporal positions" in selection.ignored[temporal[0]]
+    assert "modality OT, not MR" in selection.ignored[fused[0]]
+    assert "6 instance(s), fewer than the minimum of 10" in selection.ignored[thin[0]]
+
+
+def test_t1_flair_is_t1_and_explicit_pre_contrast_wins_over_agent() -> None:
+    parts = [
+        make_series("Ax T1 FLAIR pre", {**FLAIR, "tr": 2200.0, "te": 10.0, "ti": 800.0}, number=1, time="1300",
+                    agent="Gadavist"),
+        make_series("Ax T1 FLAIR +C", {**FLAIR, "tr": 2200.0, "te": 10.0, "ti": 800.0}, number=5, time="1330"),
+        make_series("Ax T2 FSE", TSE, number=2, time="1305"),
+        make_series("Ax T2 FLAIR", FLAIR, number=3, time="1310"),
+    ]  # fmt: skip
+    selection = select_series(study(*parts))
+    assert selection.series_uids["t1n"] == parts[0][0]
+    assert selection.series_uids["t1c"] == parts[1][0]
+    assert selection.series_uids["t2f"] == parts[3][0]
+
+
+@pytest.mark.parametrize(
+    ("description", "role"),
+    [
+        ("t1_mprage_sag_p2_iso", "t1n"),
+        ("AX T1 POST GAD", "t1c"),
+        ("Sag 3D T1 FSPGR +C", "t1c"),
+        ("T1 SE AX", "t1n"),
+        ("T1W_3D_TFE", "t1n"),
+        ("T1W_3D_TFE +C", "t1c"),
+        ("T1 pre contrast", "t1n"),
+        ("T1 w/o contrast", "t1n"),
+        ("T1CE", "t1c"),
+        ("t1_se_tra_KM", "t1c"),
+        ("MPRAGE post Gd", "t1c"),
+        ("T2W_FLAIR", "t2f"),
+        ("Ax T2 FLAIR", "t2f"),
+        ("t2_tirm_tra_dark-fluid", "t2f"),
+        ("t2_spc_da-fl_sag_p2_iso", "t2f"),
+        ("Ax T2 FSE", "t2w"),
+        ("t2_tse_tra", "t2w"),
+        ("T2W_TSE", "t2w"),
+        ("t2_blade_tra", "t2w"),
+        ("Ax T1 FLAIR", "t1n"),
+        ("T2*", None),
+        ("T2W_FFE", None),
+        ("t2_fl2d_tra_hemo", None),
+        ("T1 map", None),
+        ("Series 3", None),
+        ("", None),
+    ],
+)
+def test_shipped_description_rules_are_anchored(description: str, role: str | None) -> None:
+    header = pydicom.Dataset()
+    header.Modality = "MR"
+    header.SeriesDescription = description
+    rules = load_rules()
+    matched = [s["name"] for s in rules["selections"] if match_conditions(s["conditions"], header)]
+    assert matched == ([role] if role else [])
+
+
+@pytest.mark.parametrize(
+    ("description", "reason"),
+    [
+        ("AAHead_Scout_32ch-head-coil", "localizer"),
+        ("3-Plane Loc", "localizer"),
+        ("SmartBrain_Survey", "localizer"),
+        ("ep2d_diff_mddw_20_p2_TRACEW", "diffusion"),
+        ("Apparent Diffusion Coefficient (mm2/s)", "diffusion"),
+        ("t1_mprage_sag_p2_iso_MPR_tra", "derived"),
+        ("MIP Ax", "derived"),
+        ("SWI_Images", "other sequence"),
+        ("T2*", "other sequence"),
+        ("ep2d_perf", "other sequence"),
+        ("t1_mprage_sag_p2_iso", None),
+        ("T1 FLASH FA 15", None),
+        ("Ax T2 FLAIR", None),
+        ("Sag 3D T1 FSPGR +C", None),
+        ("Series 3", None),
+    ],
+)
+def test_shipped_ignore_rules(description: str, reason: str | None) -> None:
+    header = pydicom.Dataset()
+    header.SeriesDescription = description
+    matched = [e["name"] for e in load_rules()["ignore"] if match_conditions(e["conditions"], header)]
+    assert matched == ([reason] if reason else [])
+
+
+def test_native_t1_acquired_after_the_t1c_is_not_taken_for_t1n() -> None:
+    parts = [
+        make_series("T1 SE AX", T1_SE, number=2, time="0900"),
+        make_series("AX T1 POST GAD", T1_SE, number=6, time="0930"),
+        make_series("T1 SE AX", T1_SE, number=7, time="0940"),
+        make_series("Ax T2 FSE", TSE, number=3, time="0905"),
+        make_series("Ax T2 FLAIR", FLAIR, number=4, time="0910"),
+    ]
+    selection = select_series(study(*parts))
+    assert selection.series_uids["t1n"] == parts[0][0]
+    assert "acquired after the chosen t1c" in selection.reasons["t1n"]
+
+
+def test_match_conditions_semantics() -> None:
+    _, instances = make_series("Ax T2 FLAIR", FLAIR, number=3, time="1000")
+    ds = instances[0]
+    assert match_conditions({"SeriesDescription": "ax t2 flair"}, ds)  # case-insensitive equality
+    assert match_conditions({"SeriesDescription": "(?i)flair$"}, ds)  # regex search
+    assert not match_conditions({"SeriesDescription": "^flair"}, ds)
+    assert match_conditions({"RepetitionTime": [5000, ">"], "InversionTime": [2000, 3000]}, ds)
+    assert not match_conditions({"RepetitionTime": [9000, "<"]}, ds)
+    assert match_conditions({"EchoTime": "81(\\.0)?"}, ds)
+    assert match_conditions({"ImageType": ["original", "!derived"]}, ds)
+    assert not match_conditions({"ImageType": ["PRIMARY", "!ND"]}, ds)
+    assert match_conditions({"ImageOrientationPatient": "Axial"}, ds)
+    assert not match_conditions({"ImageOrientationPatient": "Sagittal"}, ds)
+    assert not match_conditions({"ContrastBolusAgent": ".*"}, ds)  # missing attribute never matches
+    assert match_conditions({"ContrastBolusAgent": ""}, ds)  # empty condition is skipped
+    with pytest.raises(ValueError, match="relation"):
+        match_conditions({"RepetitionTime": [1, "~"]}, ds)
+
+
+def test_rules_validation() -> None:
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_rules({"selections": [], "prefered": "latest"})
+    with pytest.raises(ValueError, match="not one of"):
+        load_rules({"selections": [{"name": "dwi", "conditions": {"Modality": "MR"}}]})
+    with pytest.raises(ValueError, match="prefer"):
+        load_rules({"selections": [], "prefer": ["biggest"]})
+    text = DEFAULT_RULES_PATH.read_text()
+    assert load_rules(text) == load_rules(DEFAULT_RULES_PATH) == load_rules(None)
+
+
+def test_several_studies_in_one_call_are_refused() -> None:
+    a = make_series("T2W_TSE", TSE, number=1, time="1000")
+    b = make_series("T2W_FLAIR", FLAIR, number=2, time="1000", study_uid="1.2.3.4")
+    with pytest.raises(ValueError, match="2 studies"):
+        select_series(study(a, b))
+
+
+# ------------------------------------------------------------------------------------------
+# MONAI Deploy SDK: parity with DICOMSeriesSelectorOperator and the operator in a real app
+
+
+def _write(series: dict[str, list[pydicom.Dataset]], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for instances in series.values():
+        for ds in instances:
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def sdk() -> Any:
+    from monai.deploy.core import Application, Fragment, Operator
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+    from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+
+    return Application, Fragment, Operator, DICOMDataLoaderOperator, DICOMSeriesSelectorOperator
+
+
+def test_shipped_rules_match_like_the_sdk_selector(sdk: Any, tmp_path: Path) -> None:
+    _, fragment_cls, _, loader_cls, selector_cls = sdk
+    everything: dict[str, list[pydicom.Dataset]] = {}
+    for factory in (siemens_study, ge_study, philips_study, unhelpful_study):
+        everything.update(factory()[0])
+    _write(everything, tmp_path)
+    fragment = fragment_cls()
+    studies = loader_cls(fragment, name="loader").load_data_to_studies(tmp_path)
+    selector = selector_cls(fragment, name="sdk_selector")
+    extra = [
+        {"name": "long TR", "conditions": {"RepetitionTime": [5000, ">"], "Modality": "MR"}},
+        {"name": "TE range", "conditions": {"EchoTime": [2, 12]}},
+        {"name": "original", "conditions": {"ImageType": ["ORIGINAL", "!DERIVED"]}},
+        {"name": "sagittal", "conditions": {"ImageOrientationPatient": "Sagittal"}},
+        {"name": "agent", "conditions": {"ContrastBolusAgent": "(?i)gad"}},
+        {"name": "number", "conditions": {"SeriesNumber": [300, ">="]}},
+    ]
+    rules = load_rules()
+    checks = rules["selections"] + rules["ignore"] + extra
+    headers = {uid: instances[0] for uid, instances in everything.items()}
+    for check in checks:
+        found = selector.filter({"selections": [check]}, studies, all_matched=True)
+        sdk_uids = {s.series.SeriesInstanceUID for f in found for s in f.selected_series}
+        ours = {uid for uid, ds in headers.items() if match_conditions(check["conditions"], ds)}
+        assert ours == sdk_uids, check["name"]
+        assert ours or check["name"] in {"other sequence"}, f"{check['name']} matched nothing: a weak check"
+
+
+def test_operator_in_an_sdk_application(sdk: Any, tmp_path: Path) -> None:
+    application_cls, _, operator_cls, loader_cls, _ = sdk
+    from holoscan.conditions import CountCondition
+
+    from operators.series_selection import DicomSeriesSelector
+
+    series, uids = siemens_study()
+    _write(series, tmp_path / "in")
+    received: list[Any] = []
+
+    class Sink(operator_cls):  # type: ignore[misc,valid-type]
+        def setup(self, spec: Any) -> None:
+            spec.input("series")
+            spec.input("selection")
+
+        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+            received.append((op_input.receive("series"), op_input.receive("selection")))
+
+    class App(application_cls):  # type: ignore[misc,valid-type]
+        def compose(self) -> None:
+            loader = loader_cls(self, CountCondition(self, 1), input_folder=tmp_path / "in", name="loader")
+            selector = DicomSeriesSelector(self, rules=DEFAULT_RULES_PATH, name="selector")
+            sink = Sink(self, name="sink")
+            self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+            self.add_flow(selector, sink, {("selected_series", "series"), ("series_selection", "selection")})
+
+    App().run()
+    assert len(received) == 1
+    by_role, selection = received[0]
+    assert {role: s.SeriesInstanceUID for role, s in by_role.items()} == {
+        role: uids[role] for role in ("t1n", "t1c", "t2w", "t2f")
+    }
+    assert selection.series_uids == {role: s.SeriesInstanceUID for role, s in by_role.items()}
+    assert len(by_role["t1c"].get_sop_instances()) == 16
+
+
+def test_operator_failure_surfaces_from_application_run(sdk: Any, tmp_path: Path) -> None:
+    application_cls, _, _, loader_cls, _ = sdk
+    from holoscan.conditions import CountCondition
+
+    from operators.series_selection import DicomSeriesSelector
+
+    series, _ = siemens_study(include_flair=False)
+    _write(series, tmp_path)
+
+    class App(application_cls):  # type: ignore[misc,valid-type]
+        def compose(self) -> None:
+            loader = loader_cls(self, CountCondition(self, 1), input_folder=tmp_path, name="loader")
+            selector = DicomSeriesSelector(self, name="selector")
+            self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+
+    with pytest.raises(SeriesSelectionError, match="no t2f series"):
+        App().run()
+
+
+def test_select_from_studies_with_sdk_objects(sdk: Any, tmp_path: Path) -> None:
+    _, fragment_cls, _, loader_cls, _ = sdk
+    first, first_uids = ge_study()
+    second, _ = philips_study()
+    for instances in second.values():
+        for ds in instances:
+            ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    incomplete, _ = siemens_study(include_flair=False)
+    for instances in incomplete.values():
+        for ds in instances:
+            ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.3"
+    _write(first, tmp_path / "a")
+    _write(incomplete, tmp_path / "a")
+    _write(second, tmp_path / "b")
+    loader = loader_cls(fragment_cls(), name="loader")
+    by_role, selection = select_from_studies(loader.load_data_to_studies(tmp_path / "a"))
+    assert selection.series_uids["t2f"] == first_uids["t2f"]
+    assert by_role["t2f"].SeriesInstanceUID == first_uids["t2f"]
+    with pytest.raises(SeriesSelectionError, match="2 studies in the input each have all four"):
+        select_from_studies(loader.load_data_to_studies(tmp_path))
+    with pytest.raises(SeriesSelectionError, match="no t2f series"):
+        only_incomplete = [s for s in loader.load_data_to_studies(tmp_path / "a") if s.StudyInstanceUID.endswith("3")]
+        select_from_studies(only_incomplete)
+
+
+def test_default_rules_file_is_valid_json_in_sdk_format() -> None:
+    raw = json.loads(DEFAULT_RULES_PATH.read_text())
+    assert {s["name"] for s in raw["selections"]} == {"t1n", "t1c", "t2w", "t2f"}
+    assert all(set(s) == {"name", "conditions"} for s in raw["selections"])
