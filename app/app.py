@@ -1,0 +1,86 @@
+"""The application: the operator chain from a DICOM study to a DICOM-SEG, composed once.
+
+    load study -> select series -> build model input -> infer -> write SEG, report, preview
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import Application
+
+from app.config import Settings
+from operators.inference import SegmentationOperator
+from operators.model_card import ModelCard
+from operators.model_input import ModelInputOperator
+from operators.results import ResultFiles, ResultWriterOperator
+from operators.segmenters import Segmenter
+from operators.series_selection import DicomSeriesSelector
+from operators.study_loader import StrictDicomLoader
+from operators.timing import TimedCompute
+
+
+class _TimedLoader(TimedCompute, StrictDicomLoader):
+    stage = "load"
+
+
+class _TimedSelector(TimedCompute, DicomSeriesSelector):
+    stage = "select"
+
+
+class _TimedModelInput(TimedCompute, ModelInputOperator):
+    stage = "volume"
+
+
+class _TimedSegmentation(TimedCompute, SegmentationOperator):
+    stage = "infer"
+
+
+class _TimedWriter(TimedCompute, ResultWriterOperator):
+    stage = "write"
+
+
+class SegmentationApp(Application):
+    """One study in (a folder of DICOM files), its segmentation results out.
+
+    The segmenter (network and weights) is built by the caller and passed in, so a process that
+    runs many studies loads the model once.
+    """
+
+    def __init__(self, settings: Settings, card: ModelCard, segmenter: Segmenter, **kwargs: Any) -> None:
+        self.settings = settings
+        self.card = card
+        self.segmenter = segmenter
+        self.stage_times: dict[str, float] = {}
+        self._writer: ResultWriterOperator | None = None
+        super().__init__([__file__], **kwargs)
+
+    def compose(self) -> None:
+        settings = self.settings
+        load_study = _TimedLoader(self, CountCondition(self, 1), input_folder=Path(settings.input), name="load_study")
+        select_series = _TimedSelector(self, rules=settings.series_rules, name="select_series")
+        build_input = _TimedModelInput(
+            self, card=self.card, reference_role=settings.reference_role, name="build_model_input"
+        )
+        infer = _TimedSegmentation(self, segmenter=self.segmenter, name="infer")
+        write = _TimedWriter(
+            self, card=self.card, output_dir=Path(settings.output), stage_times=self.stage_times, name="write_results"
+        )
+        for operator in (load_study, select_series, build_input, infer, write):
+            operator.stage_times = self.stage_times
+        self._writer = write
+
+        self.add_flow(load_study, select_series, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(
+            select_series, build_input,
+            {("selected_series", "selected_series"), ("series_selection", "series_selection")},
+        )
+        self.add_flow(build_input, infer, {("model_input", "model_input")})
+        self.add_flow(infer, write, {("prediction", "prediction")})
+
+    @property
+    def results(self) -> ResultFiles | None:
+        """The files written by the last run (None before a successful run)."""
+        return self._writer.written if self._writer else None

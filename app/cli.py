@@ -1,0 +1,123 @@
+"""Command line: ``python -m app [-i IN -o OUT -m MODELS ...]`` and ``python -m app demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.config import ConfigError, Settings, load_settings
+
+EXIT_STUDY_FAILED = 2
+# Errors that describe the input or the model, reported as one line without a traceback.
+EXPECTED_FAILURES: tuple[type[Exception], ...] = (ValueError, OSError)
+log = logging.getLogger("app")
+
+
+def _setting_options(parser: argparse.ArgumentParser) -> None:
+    """Options that override app.yaml / environment settings (None = not given)."""
+    parser.add_argument("--config", type=Path, help="settings file (default: $HOLOSCAN_CONFIG_PATH or app.yaml)")
+    parser.add_argument("-m", "--models", type=Path, help="model folder, or a folder holding one (HOLOSCAN_MODEL_PATH)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when available)")
+    parser.add_argument("--reference-role", choices=("t1n", "t1c", "t2w", "t2f"),
+                        help="series whose grid the SEG is drawn on (default t1c)")
+    parser.add_argument("--series-rules", type=Path, help="series selection rules JSON (MONAI Deploy selector format)")
+    parser.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (default: model card)")
+    parser.add_argument("--mirror-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="8-way mirroring test-time augmentation (default: model card)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar during inference (default on)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=(
+            "Segment a brain MRI study (T1, T1c, T2, FLAIR) with SegMamba and write a DICOM Segmentation, "
+            "a JSON report and a PNG preview. Settings come from app.yaml, then the environment "
+            "(HOLOSCAN_INPUT_PATH/OUTPUT_PATH/MODEL_PATH/WORKDIR/CONFIG_PATH, SEGMAMBA_<SETTING>), then these options."
+        ),
+        epilog="Sub-command: 'python -m app demo --help' writes a synthetic study and segments it.",
+    )
+    parser.add_argument("-i", "--input", type=Path, help="folder of DICOM files of one study (HOLOSCAN_INPUT_PATH)")
+    parser.add_argument("-o", "--output", type=Path, help="folder for the results (HOLOSCAN_OUTPUT_PATH)")
+    parser.add_argument("-w", "--workdir", type=Path, help="scratch folder (HOLOSCAN_WORKDIR)")
+    _setting_options(parser)
+    return parser
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app demo",
+        description="Write a synthetic brain MRI study with a known tumour, segment it, compare with the truth.",
+    )
+    parser.add_argument("--dir", type=Path, default=Path("demo"), help="where input/ and output/ go (default ./demo)")
+    parser.add_argument("--seed", type=int, default=2026, help="seed of the synthetic study")
+    _setting_options(parser)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("input", "output", "workdir", "models", "device", "reference_role", "series_rules", "sw_batch_size",
+            "mirror_tta", "progress", "log_level")
+    return {key: getattr(args, key, None) for key in keys}
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level), stream=sys.stderr, force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
+    # holoscan (imported by monai) warns about the stack size at import; it runs fine on CPU
+    warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
+
+
+def _fail(error: BaseException, settings: Settings | None) -> int:
+    text = str(error).strip() or type(error).__name__
+    first, _, details = text.partition("\n")
+    if details:
+        log.info("details:\n%s", details)
+    if not first.lower().startswith(("study", "series selection")) and settings is not None:
+        first = f"study in {settings.input}: {first}"
+    print(f"ERROR {first}", file=sys.stderr)
+    return EXIT_STUDY_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    demo = bool(argv) and argv[0] == "demo"
+    args = (build_demo_parser() if demo else build_parser()).parse_args(argv[1:] if demo else argv)
+    settings: Settings | None = None
+    try:
+        overrides = _overrides(args)
+        if demo:
+            overrides.update(input=args.dir / "input", output=args.dir / "output")
+        settings = load_settings(args.config, overrides=overrides)
+        _configure_logging(settings.log_level)
+        from app.batch import run_batch  # heavy imports (torch, monai, holoscan) after parsing
+
+        if demo:
+            from app.demo import run_demo
+
+            summary = run_demo(settings, args.seed)
+        else:
+            files, times = run_batch(settings)
+            summary = {"segmentation": str(files.segmentation), "report": str(files.report),
+                       "preview": str(files.preview), "seconds": {k: round(v, 2) for k, v in times.items()}}
+    except ConfigError as error:
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    except EXPECTED_FAILURES as error:
+        return _fail(error, settings)
+    except Exception as error:
+        log.exception("unexpected failure")  # a bug, not bad input: keep the traceback
+        return _fail(error, settings)
+    print(json.dumps(summary, indent=2))
+    return 0

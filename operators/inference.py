@@ -1,0 +1,47 @@
+"""The inference operator: ``ModelInput`` -> ``Prediction`` with a segmenter loaded once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.model_input import ModelInput
+from operators.segmenters import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Labels on the cropped model grid, with the input they belong to."""
+
+    labels: np.ndarray  # (i, j, k) uint8, same voxels as model_input.image
+    model_input: ModelInput
+
+
+class SegmentationOperator(Operator):
+    """Runs the segmenter on the model input (MONAI Deploy operator).
+
+    Input ``model_input``; output ``prediction``. The segmenter (and its weights) is created once,
+    by the application, and reused for every study this process handles.
+    """
+
+    def __init__(self, fragment: Fragment, *args: Any, segmenter: Segmenter, **kwargs: Any) -> None:
+        self.segmenter = segmenter
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("model_input")
+        spec.output("prediction")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        model_input: ModelInput = op_input.receive("model_input")
+        log.info("segmenting study %s, input %s", model_input.study_uid, model_input.image.shape)
+        labels = self.segmenter(model_input.image)
+        counts = np.bincount(labels.ravel(), minlength=1)
+        log.info("labels found (voxels per label on the model grid): %s", dict(enumerate(counts.tolist())))
+        op_output.emit(Prediction(labels=labels, model_input=model_input), "prediction")

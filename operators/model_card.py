@@ -1,0 +1,151 @@
+"""The model folder: weights plus a model card (``metadata.json``, MONAI bundle-style metadata).
+
+Everything model-specific lives in the card, nothing in the operators::
+
+    {
+      "name": "...", "version": "...", "description": "...", "intended_use": "...",
+      "network": {"type": "segmamba", "args": {...SegMamba kwargs...}, "weights": "model.pt"},
+      "channel_order": ["t2w", "t2f", "t1n", "t1c"],
+      "preprocessing": {"spacing_mm": 1.0, "crop_foreground": true, "normalize": "zscore_nonzero"},
+      "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
+                    "sw_batch_size": 1, "mirror_tta": false},
+      "labels": [{"label": 1, "name": ..., "type": {"scheme", "value", "meaning"}, "color": [r, g, b]}, ...],
+      "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    }
+
+``network.type`` "threshold" is a deterministic segmenter (intensity rules on the model input)
+used to test geometry independently of model quality; it is never a clinical model.
+A model path may be the folder holding ``metadata.json`` or a folder with exactly one such
+sub-folder (as HOLOSCAN_MODEL_PATH=/opt/holoscan/models holds named model folders).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_NAME = "metadata.json"
+ROLES = ("t1n", "t1c", "t2w", "t2f")
+NORMALIZATIONS = ("zscore_nonzero", "none")
+NETWORK_TYPES = ("segmamba", "threshold")
+
+
+class ModelCardError(ValueError):
+    """A model folder or card that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the 4-channel input is prepared on the model grid."""
+
+    spacing_mm: float = 1.0
+    crop_foreground: bool = True
+    normalize: str = "zscore_nonzero"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Sliding-window inference parameters (MONAI sliding_window_inference)."""
+
+    roi_size: tuple[int, int, int] = (128, 128, 128)
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 1
+    mirror_tta: bool = False
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A parsed model card and the folder it came from."""
+
+    folder: Path
+    name: str
+    version: str
+    description: str
+    intended_use: str
+    network: dict[str, Any]
+    channel_order: tuple[str, ...]
+    preprocessing: Preprocessing
+    inference: InferenceSettings
+    labels: tuple[dict[str, Any], ...]
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def network_type(self) -> str:
+        return str(self.network["type"])
+
+    @property
+    def weights_path(self) -> Path | None:
+        weights = self.network.get("weights")
+        return self.folder / weights if weights else None
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return {int(entry["label"]): str(entry["name"]) for entry in self.labels}
+
+    @property
+    def label_colours(self) -> dict[int, tuple[int, int, int]]:
+        return {int(entry["label"]): tuple(int(c) for c in entry["color"]) for entry in self.labels}  # type: ignore[misc]
+
+
+def find_model_folder(path: Path) -> Path:
+    """The folder holding ``metadata.json``: ``path`` itself or its single model sub-folder."""
+    if (path / CARD_NAME).is_file():
+        return path
+    if not path.is_dir():
+        raise ModelCardError(f"model path {path} does not exist")
+    candidates = sorted(p.parent for p in path.glob(f"*/{CARD_NAME}"))
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise ModelCardError(f"model path {path} must hold {CARD_NAME} or exactly one model folder (found: {found})")
+    return candidates[0]
+
+
+def _require(card: dict[str, Any], key: str, kind: type, where: Path) -> Any:
+    if key not in card or not isinstance(card[key], kind):
+        raise ModelCardError(f"{where}: '{key}' is missing or not a {kind.__name__}")
+    return card[key]
+
+
+def load_model_card(path: Path) -> ModelCard:
+    """Read and validate the model card of a model folder."""
+    folder = find_model_folder(Path(path))
+    card_path = folder / CARD_NAME
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelCardError(f"{card_path}: cannot read the model card ({error})") from error
+    network = _require(card, "network", dict, card_path)
+    if network.get("type") not in NETWORK_TYPES:
+        raise ModelCardError(f"{card_path}: network.type must be one of {NETWORK_TYPES}")
+    channel_order = tuple(_require(card, "channel_order", list, card_path))
+    if sorted(channel_order) != sorted(ROLES):
+        raise ModelCardError(f"{card_path}: channel_order must list each of {ROLES} once, got {channel_order}")
+    preprocessing = Preprocessing(**card.get("preprocessing", {}))
+    if preprocessing.normalize not in NORMALIZATIONS:
+        raise ModelCardError(f"{card_path}: preprocessing.normalize must be one of {NORMALIZATIONS}")
+    inference_fields = dict(card.get("inference", {}))
+    if "roi_size" in inference_fields:
+        inference_fields["roi_size"] = tuple(inference_fields["roi_size"])
+    labels = tuple(_require(card, "labels", list, card_path))
+    for entry in labels:
+        if not {"label", "name", "type", "color"} <= set(entry):
+            raise ModelCardError(f"{card_path}: each label needs label, name, type and color: {entry}")
+    model = ModelCard(
+        folder=folder,
+        name=str(_require(card, "name", str, card_path)),
+        version=str(_require(card, "version", str, card_path)),
+        description=str(card.get("description", "")),
+        intended_use=str(card.get("intended_use", "")),
+        network=network,
+        channel_order=channel_order,
+        preprocessing=preprocessing,
+        inference=InferenceSettings(**inference_fields),
+        labels=labels,
+        regions={k: tuple(v) for k, v in card.get("regions", {}).items()},
+    )
+    if model.weights_path is not None and not model.weights_path.is_file():
+        raise ModelCardError(f"{card_path}: weights file {model.weights_path.name} not found in {folder}")
+    return model

@@ -1,0 +1,23 @@
+"""Wall time per pipeline stage, recorded by operators into one shared dict."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class TimedCompute:
+    """Mixin for a MONAI Deploy operator: records compute()'s wall time as ``stage_times[stage]``.
+
+    Put it first in the bases; set ``stage`` and ``stage_times`` after construction.
+    """
+
+    stage: str = ""
+    stage_times: dict[str, float]
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        started = time.perf_counter()
+        try:
+            super().compute(op_input, op_output, context)  # type: ignore[misc]
+        finally:
+            self.stage_times[self.stage] = time.perf_counter() - started
