@@ -651,6 +651,9 @@ class _Resolver:
 def _failure_message(study_uid: str, accession: str, infos: list[_Series], resolver: _Resolver) -> str:
     problems = [f"no {role} series" for role in ROLES if role in resolver.missing]
     problems += [f"{len(tied)} series tie for {role}" for role, (tied, _) in resolver.ambiguous.items()]
+    if not any(s.modality.upper() == "MR" for s in infos):
+        found = sorted({s.modality or "?" for s in infos})
+        problems = [f"no MR series in the study (modalities found: {', '.join(found)})"]
     lines = [
         f"Series selection failed for study {study_uid or '(no StudyInstanceUID)'} "
         f"(accession {accession or '-'}): {'; '.join(problems)}",

@@ -39,6 +39,22 @@ def list_files(folder: Path) -> list[Path]:
     return found
 
 
+def incompleteness(dataset: pydicom.Dataset) -> str | None:
+    """Why a parsed file is not a usable instance (missing UIDs, short pixel data), or None."""
+    missing = [keyword for keyword in REQUIRED_UIDS if not dataset.get(keyword)]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if "Rows" in dataset and "PixelData" not in dataset:
+        return "lacks PixelData"
+    if "PixelData" in dataset and not dataset.file_meta.TransferSyntaxUID.is_compressed:
+        frames = int(dataset.get("NumberOfFrames") or 1)
+        expected = dataset.Rows * dataset.Columns * frames * int(dataset.get("SamplesPerPixel") or 1)
+        expected = expected * dataset.BitsAllocated // 8
+        if len(dataset.PixelData) < expected:
+            return f"PixelData holds {len(dataset.PixelData)} of {expected} bytes"
+    return None
+
+
 def read_instances(folder: Path) -> list[pydicom.Dataset]:
     """Read every DICOM instance below ``folder``; a file that is not valid DICOM is an error."""
     if not folder.is_dir():
@@ -54,10 +70,10 @@ def read_instances(folder: Path) -> list[pydicom.Dataset]:
             raise StudyError(str(folder), f"{path.name} is not a readable DICOM file ({error})") from error
         if dataset.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset:
             continue
-        missing = [keyword for keyword in REQUIRED_UIDS if not dataset.get(keyword)]
-        if missing:
+        problem = incompleteness(dataset)
+        if problem:
             study = str(dataset.get("StudyInstanceUID") or folder)
-            raise StudyError(study, f"{path.name} lacks {', '.join(missing)}")
+            raise StudyError(study, f"{path.name} is not a complete DICOM instance ({problem}; truncated?)")
         dataset.filename = str(path)
         instances.append(dataset)
     if not instances:

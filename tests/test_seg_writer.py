@@ -16,42 +16,12 @@ from operators.seg_writer import SegmentSpec, write_segmentation
 from operators.volume import resample_to_grid, series_to_volume
 from segmamba.synthetic import Phantom
 from tests.conftest import BRATS_SEGMENTS, FLAIR_BY_ORIENTATION, REFERENCE_DESCRIPTION
+from tests.seg_geometry import seg_dice, seg_points
 
 WHOLE_TUMOUR = SegmentSpec.from_dict(
     {"label": 1, "name": "Whole tumour", "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
      "color": [255, 128, 0]}
 )
-
-
-def _seg_points(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World points (LPS) of every pixel of every frame, from the SEG's own functional groups,
-    with the frame's segment number and its pixel values: (frames, rows, cols, 3), (frames,), pixels."""
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
-    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
-    rows, columns = np.meshgrid(np.arange(seg.Rows), np.arange(seg.Columns), indexing="ij")
-    offsets = (columns[..., None] * column_spacing * orientation[:3]
-               + rows[..., None] * row_spacing * orientation[3:])
-    positions, segment_numbers = [], []
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        positions.append(np.array(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float))
-        identification = frame if "SegmentIdentificationSequence" in frame else shared
-        segment_numbers.append(int(identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
-    points = np.stack(positions)[:, None, None, :] + offsets[None]
-    pixels = seg.pixel_array.reshape(len(positions), seg.Rows, seg.Columns)
-    return points, np.array(segment_numbers), pixels
-
-
-def _seg_dice(
-    seg: pydicom.Dataset, segments: set[int], phantom: Phantom, labels: set[int], truth_count: int
-) -> float:
-    """Dice between the union of SEG segments (disjoint; placed by the SEG's own geometry) and
-    the phantom's voxels with these labels, of which the reference grid holds truth_count."""
-    points, segment_numbers, pixels = _seg_points(seg)
-    chosen = np.isin(segment_numbers, list(segments))
-    positive = pixels[chosen] > 0
-    truth_at_seg = np.isin(phantom.sample(points[chosen])["label"], list(labels))
-    return 2.0 * float((positive & truth_at_seg).sum()) / float(positive.sum() + truth_count)
 
 
 @pytest.mark.parametrize("orientation", sorted(FLAIR_BY_ORIENTATION))
@@ -69,7 +39,7 @@ def test_seg_on_each_orientation_lands_on_the_lesion(
     path = write_segmentation(mask, datasets, [WHOLE_TUMOUR], "SegMamba", "0.1", tmp_path / "seg.dcm")
     seg = hd.seg.segread(path)
     truth_count = int((truth_labels(phantom, study.by_description(description)) > 0).sum())
-    assert _seg_dice(seg, {1}, phantom, {1, 2, 3}, truth_count) >= 0.95
+    assert seg_dice(seg, {1}, phantom, {1, 2, 3}, truth_count) >= 0.95
 
 
 def test_multi_series_study_round_trip(
@@ -100,10 +70,10 @@ def test_multi_series_study_round_trip(
     assert dciodvfy_errors(path) == []
     seg = hd.seg.segread(path)
     truth = truth_labels(phantom, study.by_description(REFERENCE_DESCRIPTION))
-    assert _seg_dice(seg, {1, 2, 3}, phantom, {1, 2, 3}, int((truth > 0).sum())) >= 0.95
+    assert seg_dice(seg, {1, 2, 3}, phantom, {1, 2, 3}, int((truth > 0).sum())) >= 0.95
     for number, spec in enumerate(brats_segments, start=1):
         count = int((truth == spec.label).sum())
-        assert _seg_dice(seg, {number}, phantom, {spec.label}, count) >= 0.9, spec.name
+        assert seg_dice(seg, {number}, phantom, {spec.label}, count) >= 0.9, spec.name
 
 
 def test_seg_headers(
@@ -177,7 +147,7 @@ def test_absent_segment_and_non_contiguous_label_values(
     assert dciodvfy_errors(path) == []
     seg = hd.seg.segread(path)
     assert len(seg.SegmentSequence) == 3
-    points, segment_numbers, pixels = _seg_points(seg)
+    points, segment_numbers, pixels = seg_points(seg)
     assert set(segment_numbers.tolist()) == {3} and len(segment_numbers) == 4
     assert int(pixels.sum()) == 10 * 15 * 4
     # The marked block lies where the volume's affine puts it.

@@ -1,0 +1,50 @@
+"""Settings come from app.yaml, then the environment, then the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, load_settings
+
+
+def write_yaml(folder: Path, body: str) -> Path:
+    path = folder / "app.yaml"
+    path.write_text("application:\n  title: t\nsettings:\n" + body)
+    return path
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    app_yaml = write_yaml(tmp_path, "  device: cpu\n  sw_batch_size: 2\n  models: m\n  reference_role: t2f\n")
+    from_file = load_settings(app_yaml, environ={}, cwd=tmp_path)
+    assert (from_file.device, from_file.sw_batch_size, from_file.reference_role) == ("cpu", 2, "t2f")
+    assert from_file.models == tmp_path / "m"
+
+    env = {"SEGMAMBA_SW_BATCH_SIZE": "4", "HOLOSCAN_INPUT_PATH": "/data/in", "HOLOSCAN_MODEL_PATH": "/opt/models"}
+    from_env = load_settings(app_yaml, environ=env, cwd=tmp_path)
+    assert (from_env.sw_batch_size, from_env.input, from_env.models) == (4, Path("/data/in"), Path("/opt/models"))
+    assert from_env.device == "cpu"
+
+    from_cli = load_settings(app_yaml, environ=env, overrides={"sw_batch_size": 8, "device": None}, cwd=tmp_path)
+    assert (from_cli.sw_batch_size, from_cli.device) == (8, "cpu")
+
+
+def test_holoscan_config_path_selects_the_file(tmp_path: Path) -> None:
+    app_yaml = write_yaml(tmp_path, "  mirror_tta: true\n")
+    assert load_settings(environ={"HOLOSCAN_CONFIG_PATH": str(app_yaml)}, cwd=tmp_path).mirror_tta is True
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("  devise: cpu\n", "unknown settings"), ("  sw_batch_size: 0\n", "positive integer"),
+     ("  reference_role: t3\n", "reference_role"), ("  progress: maybe\n", "true or false")],
+)
+def test_bad_settings_are_named(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write_yaml(tmp_path, body), environ={}, cwd=tmp_path)
+
+
+def test_repository_app_yaml_loads() -> None:
+    settings = load_settings(environ={})
+    assert settings.reference_role == "t1c" and settings.device == "auto"
