@@ -1,0 +1,50 @@
+"""Mamba-1 selective scan with interchangeable backends.
+
+    from segmamba.scan import selective_scan
+    out = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+
+Backends: "reference" (sequential loop, the oracle), "chunked" (CPU default: numba kernel
+for inference, torch chunks for autograd), "mamba_ssm" (stock CUDA kernel, when
+installed). "auto" takes mamba_ssm for CUDA tensors when it is available, else chunked.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from segmamba.scan.chunked import chunked_scan
+from segmamba.scan.mamba_ssm_backend import mamba_ssm_accepts, mamba_ssm_available, mamba_ssm_scan
+from segmamba.scan.reference import reference_scan
+from segmamba.scan.registry import available_backends, register_backend, registered_backends, resolve
+
+__all__ = ["available_backends", "register_backend", "registered_backends", "selective_scan"]
+
+register_backend("reference", reference_scan)
+register_backend("chunked", chunked_scan)
+register_backend("mamba_ssm", mamba_ssm_scan, available=mamba_ssm_available, accepts=mamba_ssm_accepts,
+                 auto_priority=100)
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """Mamba-1 `selective_scan_fn` semantics (variable B and C), output in u's dtype.
+
+    u, delta: (batch, E, L); A: (E, N), real, negative; B, C: (batch, N, L);
+    D, delta_bias: (E,) or None; z: (batch, E, L) or None.
+    delta <- softplus(delta + delta_bias) (each step optional);
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, h_{-1} = 0;  y_t = sum_n h_t C_t;
+    out = (y + D u) * silu(z). Computed in float32 at least.
+    Raises ValueError for an unknown or unavailable backend name.
+    """
+    fn = resolve(backend, u).fn
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
