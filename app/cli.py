@@ -1,4 +1,4 @@
-"""Command line: ``python -m app [-i IN -o OUT -m MODELS ...]`` and ``python -m app demo``."""
+"""Command line: ``python -m app [-i IN -o OUT -m MODELS ...]``, ``python -m app demo`` and ``python -m app serve``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,15 +36,56 @@ def _setting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
 
 
+# The DICOM node's settings: (option, type, help). Each fills the Settings field of the same name.
+NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
+    ("--ae-title", str, "our AE title (default SEGMAMBA)"),
+    ("--port", int, "DICOM port of the Storage SCP (default 11112)"),
+    ("--bind-address", str, "address the SCP listens on (default 127.0.0.1)"),
+    ("--allowed-calling-aes", str, "comma-separated calling AE titles accepted (default: any)"),
+    ("--max-associations", int, "concurrent associations (default 8)"),
+    ("--max-study-instances", int, "instances accepted per study (default 10000)"),
+    ("--max-study-mb", int, "MiB accepted per study (default 4096)"),
+    ("--spool", Path, "spool folder: received instances, outputs, journal (default ./spool)"),
+    ("--inbox", Path, "watched folder for dropped DICOM files (default: none)"),
+    ("--quiet-seconds", float, "ready when all four sequences are present and quiet this long (default 10)"),
+    ("--stable-seconds", float, "ready anyway when quiet this long (default 60)"),
+    ("--forced-seconds", float, "ready at the latest this long after the first instance (default 3600)"),
+    ("--job-timeout", float, "seconds one job may run (default 1800)"),
+    ("--job-retries", int, "further attempts after a transient failure (default 2)"),
+    ("--destinations", str, "C-STORE destination NAME=AET@HOST:PORT[+tls]; repeat for several"),
+    ("--send-backoff", float, "first retry delay in seconds while a destination is down (default 5)"),
+    ("--send-backoff-max", float, "longest retry delay in seconds (default 600)"),
+    ("--http-port", int, "web port: status page, /healthz, /metrics (default 8080; 0 = any free port)"),
+    ("--http-bind", str, "web address (default 127.0.0.1)"),
+    ("--retention-days", float, "delete spool files of finished jobs after this many days (default 7)"),
+    ("--tls-cert", Path, "PEM certificate: TLS on the SCP and on destinations marked +tls"),
+    ("--tls-key", Path, "PEM private key of --tls-cert"),
+    ("--tls-ca", Path, "PEM CA bundle to verify peers"),
+    ("--tls-require-client-cert", None, "SCP: require a client certificate signed by --tls-ca"),
+)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps text without breaking option names at their hyphens."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m app",
+        prog="python -m app", formatter_class=_Formatter,
         description=(
             "Segment a brain MRI study (T1, T1c, T2, FLAIR) with SegMamba and write a DICOM Segmentation, "
             "a JSON report and a PNG preview. Settings come from app.yaml, then the environment "
             "(HOLOSCAN_INPUT_PATH/OUTPUT_PATH/MODEL_PATH/WORKDIR/CONFIG_PATH, SEGMAMBA_<SETTING>), then these options."
         ),
-        epilog="Sub-command: 'python -m app demo --help' writes a synthetic study and segments it.",
+        epilog=(
+            "Sub-commands: 'python -m app demo --help' writes a synthetic study and segments it; "
+            "'python -m app serve --help' runs the DICOM node (receive, segment, send back), with the settings "
+            + ", ".join(option for option, _type, _help in NODE_OPTIONS) + "."
+        ),
     )
     parser.add_argument("-i", "--input", type=Path, help="folder of DICOM files of one study (HOLOSCAN_INPUT_PATH)")
     parser.add_argument("-o", "--output", type=Path, help="folder for the results (HOLOSCAN_OUTPUT_PATH)")
@@ -63,16 +105,35 @@ def build_demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app serve",
+        description="Run the DICOM node: a Storage SCP (and optional inbox folder) receives studies, each complete "
+                    "study is segmented once, its DICOM-SEG is sent to the destinations. Status page, /healthz and "
+                    "/metrics on the web port.",
+    )
+    _setting_options(parser)
+    for option, kind, text in NODE_OPTIONS:
+        if kind is None:
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif option == "--destinations":
+            parser.add_argument(option, action="append", help=text)
+        else:
+            parser.add_argument(option, type=kind, help=text)
+    return parser
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "workdir", "models", "device", "reference_role", "series_rules", "sw_batch_size",
             "mirror_tta", "progress", "log_level")
+    keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
     return {key: getattr(args, key, None) for key in keys}
 
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level), stream=sys.stderr, force=True,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s [%(processName)s/%(threadName)s]: %(message)s",
     )
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
     # holoscan (imported by monai) warns about the stack size at import; it runs fine on CPU
@@ -93,6 +154,8 @@ def _fail(error: BaseException, settings: Settings | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     demo = bool(argv) and argv[0] == "demo"
+    if argv and argv[0] == "serve":
+        return _serve(build_serve_parser().parse_args(argv[1:]))
     args = (build_demo_parser() if demo else build_parser()).parse_args(argv[1:] if demo else argv)
     settings: Settings | None = None
     try:
@@ -120,4 +183,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected failure")  # a bug, not bad input: keep the traceback
         return _fail(error, settings)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``python -m app serve``: run the node until SIGTERM/SIGINT."""
+    try:
+        settings = load_settings(args.config, overrides=_overrides(args))
+    except ConfigError as error:
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    _configure_logging(settings.log_level)
+    from app.node.service import serve
+
+    try:
+        serve(settings)
+    except OSError as error:  # port in use, spool not writable, ...
+        print(f"ERROR node: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,8 +22,17 @@ HOLOSCAN_ENV = {
     "HOLOSCAN_WORKDIR": "workdir",
 }
 ENV_PREFIX = "SEGMAMBA_"
-PATH_FIELDS = ("input", "output", "models", "workdir", "series_rules")
+PATH_FIELDS = ("input", "output", "models", "workdir", "series_rules", "spool", "inbox", "tls_cert", "tls_key",
+               "tls_ca")
+OPTIONAL_FIELDS = ("series_rules", "sw_batch_size", "mirror_tta", "inbox", "tls_cert", "tls_key", "tls_ca")
+BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert")
+# Node settings: (minimum) per number; ints and floats both must be >= their minimum.
+INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "max_associations": 1,
+              "max_study_instances": 1, "max_study_mb": 1}
+FLOAT_FIELDS = {"quiet_seconds": 0.0, "stable_seconds": 0.0, "forced_seconds": 0.0, "job_timeout": 1.0,
+                "send_backoff": 0.01, "send_backoff_max": 0.01, "retention_days": 0.0}
 ROLES = ("t1n", "t1c", "t2w", "t2f")
+DESTINATION_KEYS = ("name", "ae_title", "host", "port", "tls")
 
 
 class ConfigError(ValueError):
@@ -44,35 +54,95 @@ class Settings:
     mirror_tta: bool | None = None
     progress: bool = True
     log_level: str = "INFO"
+    # The DICOM node (``python -m app serve``); see app.yaml for each setting's meaning.
+    ae_title: str = "SEGMAMBA"
+    port: int = 11112
+    bind_address: str = "127.0.0.1"
+    allowed_calling_aes: tuple[str, ...] = ()
+    max_associations: int = 8
+    max_study_instances: int = 10000
+    max_study_mb: int = 4096
+    spool: Path = Path("spool")
+    inbox: Path | None = None
+    quiet_seconds: float = 10.0
+    stable_seconds: float = 60.0
+    forced_seconds: float = 3600.0
+    job_timeout: float = 1800.0
+    job_retries: int = 2
+    destinations: tuple[Mapping[str, Any], ...] = ()
+    send_backoff: float = 5.0
+    send_backoff_max: float = 600.0
+    http_port: int = 8080
+    http_bind: str = "127.0.0.1"
+    retention_days: float = 7.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_require_client_cert: bool = False
 
 
 def _convert(name: str, value: Any, base: Path) -> Any:
     """Parse a raw value (YAML, environment string or CLI) into the field's type."""
+    if name in ("destinations", "allowed_calling_aes") and not value:
+        return ()
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
-        if name in ("series_rules", "sw_batch_size", "mirror_tta"):
+        if name in OPTIONAL_FIELDS:
             return None
         raise ConfigError(f"setting {name!r} needs a value")
     if name in PATH_FIELDS:
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else base / path
-    if name in ("mirror_tta", "progress"):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise ConfigError(f"setting {name!r} must be true or false, got {value!r}")
-        return text in ("1", "true", "yes", "on")
-    if name == "sw_batch_size":
-        try:
-            number = int(value)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"setting 'sw_batch_size' must be a positive integer, got {value!r}") from error
-        if number < 1:
-            raise ConfigError(f"setting 'sw_batch_size' must be a positive integer, got {value!r}")
-        return number
+    if name in BOOL_FIELDS:
+        return _boolean(name, value)
+    if name in INT_FIELDS or name in FLOAT_FIELDS:
+        return _number(name, value)
     if name == "reference_role" and value not in ROLES:
         raise ConfigError(f"setting 'reference_role' must be one of {ROLES}, got {value!r}")
+    if name == "allowed_calling_aes":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    if name == "destinations":
+        return tuple(_destination(item) for item in (value.split(",") if isinstance(value, str) else value))
     return str(value)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"setting {name!r} must be true or false, got {value!r}")
+    return text in ("1", "true", "yes", "on")
+
+
+def _number(name: str, value: Any) -> int | float:
+    kind, minimum = (int, INT_FIELDS[name]) if name in INT_FIELDS else (float, FLOAT_FIELDS[name])
+    words = "a positive integer" if kind is int and minimum == 1 else f"a number >= {minimum}"
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"setting {name!r} must be {words}, got {value!r}") from error
+    if number < minimum:
+        raise ConfigError(f"setting {name!r} must be {words}, got {value!r}")
+    return number
+
+
+def _destination(item: Any) -> dict[str, Any]:
+    """A C-STORE destination from a mapping or from text ``NAME=AET@HOST:PORT[+tls]``."""
+    if isinstance(item, str):
+        match = re.fullmatch(r"\s*(?:([\w.-]+)=)?([^@=\s]{1,16})@([\w.:-]+):(\d+)(\+tls)?\s*", item)
+        if not match:
+            raise ConfigError(f"destination {item!r} must look like NAME=AET@HOST:PORT (optionally +tls)")
+        name, aet, host, port, tls = match.groups()
+        item = {"name": name or aet, "ae_title": aet, "host": host, "port": port, "tls": bool(tls)}
+    if not isinstance(item, Mapping) or not {"ae_title", "host", "port"} <= set(item):
+        raise ConfigError(f"destination {item!r} needs ae_title, host and port")
+    unknown = sorted(set(item) - set(DESTINATION_KEYS))
+    if unknown:
+        raise ConfigError(f"destination {item!r}: unknown keys {unknown}; known: {list(DESTINATION_KEYS)}")
+    port = _number("port", item["port"])
+    return {"name": str(item.get("name") or item["ae_title"]), "ae_title": str(item["ae_title"]),
+            "host": str(item["host"]), "port": port, "tls": _boolean("tls", item.get("tls", False))}
 
 
 def _apply(settings: Settings, values: Mapping[str, Any], base: Path, source: str) -> Settings:

@@ -1,0 +1,166 @@
+"""Run jobs in a child process that keeps the model loaded, and abandon it when a job overruns.
+
+A Python thread cannot be stopped, and a stuck CUDA kernel or a runaway job must not hold the
+node, so the operator chain runs in one spawned child process: it loads the model once, then
+segments one study per request. If a job exceeds its timeout, or the child dies, the child is
+killed and a fresh one (which loads the model again) serves the next job. The parent process
+(DICOM, journal, web) never imports torch or monai.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+PERMANENT, TRANSIENT, OOM, TIMEOUT, CRASHED = "permanent", "transient", "oom", "timeout", "crashed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one job run: ``kind`` is 'ok' or a failure kind (permanent, transient, oom, ...)."""
+
+    kind: str
+    message: str = ""
+    error_type: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    stage_times: dict[str, float] = field(default_factory=dict)
+    sw_batch_size: int | None = None
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA (or other accelerator) out-of-memory, by type or message."""
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def classify(error: BaseException) -> str:
+    """PERMANENT for bad input (the pipeline's ValueError family and StudyError), OOM, else TRANSIENT."""
+    from operators.errors import StudyError
+
+    if is_out_of_memory(error):
+        return OOM
+    if isinstance(error, ValueError | StudyError):
+        return PERMANENT
+    return TRANSIENT
+
+
+def after_out_of_memory(sw_batch_size: int | None, device: str) -> dict[str, Any] | None:
+    """Settings for the next try after an out-of-memory failure: halve the sliding-window batch, then
+    run on the CPU; None when already on the CPU (nothing smaller to try)."""
+    if not device or device.startswith("cpu"):
+        return None
+    if sw_batch_size and sw_batch_size > 1:
+        return {"sw_batch_size": sw_batch_size // 2, "device": device}
+    return {"sw_batch_size": 1, "device": "cpu"}
+
+
+def _child_main(connection: Connection, settings: Settings) -> None:
+    """The child: load the model once, then answer (input, output, overrides) requests until closed."""
+    from app.batch import load_model, process_study
+    from app.cli import _configure_logging
+
+    _configure_logging(settings.log_level)
+    current = settings
+    card, segmenter = load_model(current)
+    connection.send(("ready",))
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:
+            return
+        input_dir, output_dir, overrides = request
+        try:
+            wanted = dataclasses.replace(settings, **overrides) if overrides else settings
+            if wanted != current:
+                current = wanted
+                card, segmenter = load_model(current)
+            files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
+            connection.send(("ok", {"segmentation": str(files.segmentation), "report": str(files.report),
+                                    "preview": str(files.preview)}, times))
+        except Exception as error:
+            device = str(getattr(segmenter, "device", current.device))
+            connection.send(("error", classify(error), type(error).__name__, str(error).strip() or repr(error),
+                             getattr(segmenter, "sw_batch_size", None), device))
+
+
+class JobExecutor:
+    """The parent's handle on the child process (see the module docstring)."""
+
+    def __init__(self, settings: Settings, start_timeout: float = 300.0) -> None:
+        self.settings = settings
+        self.start_timeout = start_timeout
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._connection: Connection | None = None
+
+    def start(self) -> None:
+        """Start the child and wait until its model is loaded."""
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(target=_child_main, args=(child, self.settings), name="segmamba-worker",
+                                              daemon=True)
+        self._process.start()
+        child.close()
+        self._connection = parent
+        if not parent.poll(self.start_timeout):
+            self.stop()
+            raise RuntimeError(f"the worker process did not load the model within {self.start_timeout:.0f} s")
+        try:
+            parent.recv()
+        except EOFError as error:
+            self.stop()
+            raise RuntimeError("the worker process died while loading the model (see its log)") from error
+        log.info("worker process %d ready", self._process.pid)
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(timeout=10)
+            self._process = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def run(
+        self, input_dir: Path, output_dir: Path, timeout: float, overrides: dict[str, Any] | None = None
+    ) -> Outcome:
+        """Segment one study; kills and forgets the child on timeout or death."""
+        if self._process is None or not self._process.is_alive():
+            self.stop()
+            self.start()
+        assert self._connection is not None
+        self._connection.send((str(input_dir), str(output_dir), dict(overrides or {})))
+        deadline = time.monotonic() + timeout
+        while not self._connection.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self.stop()
+                return Outcome(TIMEOUT, f"job exceeded its timeout of {timeout:.0f} s; worker abandoned",
+                               "TimeoutError")
+            if not self._process.is_alive():
+                break
+        try:
+            answer = self._connection.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            self.stop()
+            return Outcome(CRASHED, f"worker process died (exit code {code})", "WorkerCrashed")
+        if answer[0] == "ok":
+            return Outcome("ok", files=answer[1], stage_times=answer[2])
+        _, kind, error_type, message, sw_batch_size, device = answer
+        return Outcome(kind, message, error_type, sw_batch_size=sw_batch_size, device=device)

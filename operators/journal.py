@@ -1,0 +1,282 @@
+"""The journal: one SQLite database (WAL) holding every state the node must not forget.
+
+Tables: ``instances`` (one row per received SOP Instance UID), ``studies`` (receiving -> queued),
+``jobs`` (ready -> processing -> done | failed; one job per study), ``outbox`` (one row per result
+file and destination: pending -> sent) and ``audit`` (who sent what, where results went).
+
+Every state change is one transaction, so after a crash the journal shows a consistent state;
+``recover()`` puts jobs that were running back to ready. Methods are safe to call from several
+threads (one connection, one lock).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'receiving', patient_id TEXT, accession TEXT,
+    calling_ae TEXT, first_at REAL NOT NULL, last_at REAL NOT NULL, instances INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, trigger TEXT);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, sop_class TEXT,
+    modality TEXT, path TEXT NOT NULL, bytes INTEGER NOT NULL, calling_ae TEXT, received_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, trigger TEXT, created_at REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0, started_at REAL, finished_at REAL, stage_times TEXT,
+    outputs TEXT, settings TEXT);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,
+    path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, last_error TEXT, sent_at REAL,
+    UNIQUE (job_id, destination, sop_uid));
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, event TEXT NOT NULL, study_uid TEXT,
+    job_id INTEGER, actor TEXT, detail TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the journal keeps of one received instance."""
+
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class: str
+    modality: str
+    path: Path
+    size: int
+    calling_ae: str
+    patient_id: str = ""
+    accession: str = ""
+
+
+class Journal:
+    """The node's durable state (see the module docstring)."""
+
+    def __init__(self, path: Path, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    # --- intake ---------------------------------------------------------------------------------
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
+    def study_totals(self, study_uid: str) -> tuple[int, int]:
+        """(instances, bytes) received so far for a study."""
+        rows = self.query("SELECT instances, bytes FROM studies WHERE study_uid = ?", (study_uid,))
+        return (int(rows[0]["instances"]), int(rows[0]["bytes"])) if rows else (0, 0)
+
+    def record_instance(self, record: InstanceRecord) -> bool:
+        """Journal a received instance (already on disk); False when its SOP Instance UID was known."""
+        now = self.clock()
+        with self.transaction() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.sop_uid, record.study_uid, record.series_uid, record.sop_class, record.modality,
+                 str(record.path), record.size, record.calling_ae, now),
+            ).rowcount
+            if not inserted:
+                return False
+            study = db.execute("SELECT state FROM studies WHERE study_uid = ?", (record.study_uid,)).fetchone()
+            if study is None:
+                db.execute(
+                    "INSERT INTO studies (study_uid, patient_id, accession, calling_ae, first_at, last_at, instances,"
+                    " bytes) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                    (record.study_uid, record.patient_id, record.accession, record.calling_ae, now, now, record.size),
+                )
+                self._audit(db, "study-first-instance", record.study_uid, None, record.calling_ae,
+                            f"patient {record.patient_id!r} accession {record.accession!r}")
+            else:
+                db.execute(
+                    "UPDATE studies SET last_at = ?, instances = instances + 1, bytes = bytes + ? WHERE study_uid = ?",
+                    (now, record.size, record.study_uid),
+                )
+                if study["state"] != "receiving":
+                    self._audit(db, "late-instance", record.study_uid, None, record.calling_ae,
+                                f"{record.sop_uid} arrived after the study was queued; kept, not reprocessed")
+        return True
+
+    def receiving_studies(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM studies WHERE state = 'receiving' ORDER BY first_at")
+
+    def study_instances(self, study_uid: str) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_uid", (study_uid,))
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def queue_study(self, study_uid: str, trigger: str) -> int | None:
+        """Close a receiving study and create its job (ready); None when it was not receiving."""
+        now = self.clock()
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE studies SET state = 'queued', trigger = ? WHERE study_uid = ? AND state = 'receiving'",
+                (trigger, study_uid),
+            ).rowcount
+            if not changed:
+                return None
+            job_id = db.execute(
+                "INSERT INTO jobs (study_uid, state, trigger, created_at) VALUES (?, 'ready', ?, ?)",
+                (study_uid, trigger, now),
+            ).lastrowid
+            self._audit(db, "job-queued", study_uid, job_id, "node", trigger)
+        return int(job_id or 0)
+
+    def claim_job(self) -> sqlite3.Row | None:
+        """Atomically take the oldest ready job that is due: it becomes 'processing', attempts + 1."""
+        now = self.clock()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'ready' AND not_before <= ? ORDER BY id LIMIT 1", (now,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'processing', attempts = attempts + 1, started_at = ? WHERE id = ?",
+                (now, row["id"]),
+            )
+            return db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+
+    def job(self, job_id: int) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def finish_job(
+        self, job_id: int, outputs: Mapping[str, str], stage_times: Mapping[str, float],
+        sends: Iterable[tuple[str, str, str]],
+    ) -> None:
+        """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid)."""
+        now = self.clock()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'done', finished_at = ?, reason = NULL, outputs = ?, stage_times = ?"
+                " WHERE id = ?", (now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), job_id),
+            )
+            for destination, path, sop_uid in sends:
+                db.execute(
+                    "INSERT OR IGNORE INTO outbox (job_id, destination, path, sop_uid) VALUES (?, ?, ?, ?)",
+                    (job_id, destination, path, sop_uid),
+                )
+            study = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            self._audit(db, "job-done", study["study_uid"], job_id, "node", json.dumps(dict(outputs)))
+
+    def retry_job(self, job_id: int, reason: str, delay: float, settings: Mapping[str, Any] | None = None) -> None:
+        """Put a job back to ready after a transient failure, not before ``delay`` seconds."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'ready', reason = ?, not_before = ?, settings = ? WHERE id = ?",
+                (reason, self.clock() + delay, json.dumps(dict(settings)) if settings else None, job_id),
+            )
+            study = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            self._audit(db, "job-retry", study["study_uid"], job_id, "node", reason)
+
+    def fail_job(self, job_id: int, reason: str) -> None:
+        """A permanent failure: the job stays with its reason, its input stays in the spool."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ?",
+                       (reason, self.clock(), job_id))
+            study = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            self._audit(db, "job-failed", study["study_uid"], job_id, "node", reason)
+
+    def recover(self) -> int:
+        """At startup: jobs left 'processing' by a crash go back to ready. Returns how many."""
+        with self.transaction() as db:
+            count = db.execute("UPDATE jobs SET state = 'ready', not_before = 0 WHERE state = 'processing'").rowcount
+            if count:
+                self._audit(db, "recovered", None, None, "node", f"{count} interrupted job(s) back to ready")
+        return int(count)
+
+    # --- outbox ---------------------------------------------------------------------------------
+
+    def due_sends(self) -> list[sqlite3.Row]:
+        return self.query("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
+                          " WHERE o.state = 'pending' AND o.next_at <= ? ORDER BY o.id", (self.clock(),))
+
+    def mark_sent(self, send_id: int, detail: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
+                       (self.clock(), send_id))
+            row = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id WHERE o.id = ?",
+                             (send_id,)).fetchone()
+            self._audit(db, "result-sent", row["study_uid"], row["job_id"], row["destination"],
+                        f"{row['sop_uid']}: {detail}")
+
+    def mark_send_failed(self, send_id: int, error: str, retry_in: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ? WHERE id = ?",
+                       (error, self.clock() + retry_in, send_id))
+
+    # --- audit, status and retention ------------------------------------------------------------
+
+    def audit(self, event: str, study_uid: str | None, job_id: int | None, actor: str, detail: str) -> None:
+        with self.transaction() as db:
+            self._audit(db, event, study_uid, job_id, actor, detail)
+
+    def _audit(self, db: sqlite3.Connection, event: str, study_uid: str | None, job_id: int | None,
+               actor: str, detail: str) -> None:
+        db.execute("INSERT INTO audit (at, event, study_uid, job_id, actor, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                   (self.clock(), event, study_uid, job_id, actor, detail))
+
+    def counts(self) -> dict[str, int]:
+        """Numbers for metrics and the status page."""
+        rows = self.query(
+            "SELECT 'jobs_' || state AS key, COUNT(*) AS n FROM jobs GROUP BY state "
+            "UNION ALL SELECT 'outbox_' || state, COUNT(*) FROM outbox GROUP BY state "
+            "UNION ALL SELECT 'studies_' || state, COUNT(*) FROM studies GROUP BY state"
+        )
+        return {row["key"]: int(row["n"]) for row in rows}
+
+    def recent_jobs(self, limit: int = 50) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT j.*, s.instances, s.calling_ae, s.first_at, s.last_at, s.patient_id, s.accession,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = 'sent') AS sent,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id) AS sends,"
+            " (SELECT MAX(o.sent_at) FROM outbox o WHERE o.job_id = j.id) AS delivered_at,"
+            " (SELECT o.last_error FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending'"
+            "  AND o.last_error IS NOT NULL LIMIT 1) AS send_error"
+            " FROM jobs j JOIN studies s ON s.study_uid = j.study_uid ORDER BY j.id DESC LIMIT ?", (limit,))
+
+    def finished_before(self, cutoff: float) -> list[sqlite3.Row]:
+        """Finished jobs (done and fully sent, or failed) older than ``cutoff``: spool files may go."""
+        return self.query(
+            "SELECT * FROM jobs j WHERE j.finished_at < ? AND (j.state = 'failed' OR (j.state = 'done' AND NOT EXISTS"
+            " (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending')))", (cutoff,))

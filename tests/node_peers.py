@@ -1,0 +1,221 @@
+"""Real peers for the node's integration tests: Orthanc as the PACS, the node as a subprocess,
+dcmtk/pynetdicom as modalities, and small synthetic studies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+REPO = Path(__file__).resolve().parents[1]
+THRESHOLD_MODEL = REPO / "tests" / "models" / "threshold"
+SMALL = dict(rows=40, columns=40, slices=20, pixel_spacing=(5.0, 5.0), slice_thickness=7.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def http_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def write_small_study(folder: Path, seed: int, roles: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")) -> Any:
+    """A small four-sequence MR study (about 80 instances); ``seed`` makes its UIDs unique."""
+    from app.synthetic_study import SeriesSpec, write_study
+    from segmamba.synthetic import Lesion, Phantom
+
+    specs = {
+        "t1n": SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", **SMALL),
+        "t1c": SeriesSpec("t1c", "AX T1 POST GAD", "axial", **SMALL),
+        "t2w": SeriesSpec("t2w", "Ax T2 FSE", "axial", **SMALL),
+        "t2f": SeriesSpec("t2f", "Ax T2 FLAIR", "axial", **SMALL),
+    }
+    phantom = Phantom(center=(2.0, -8.0, 15.0), lesion=Lesion(center=(-26.0, 2.0, 36.0), radius=22.0, seed=1))
+    return write_study(folder, phantom, [specs[r] for r in roles], seed=seed, patient_id=f"NODE{seed:04d}")
+
+
+def copy_as_new_study(source: Path, target: Path, number: int) -> str:
+    """Copy a study folder with fresh Study/Series/SOP Instance UIDs (fast: no image synthesis)."""
+    from pydicom.uid import generate_uid
+
+    target.mkdir(parents=True, exist_ok=True)
+    study_uid = generate_uid(entropy_srcs=[str(source), str(number), "study"])
+    for path in sorted(source.iterdir()):
+        dataset = pydicom.dcmread(path)
+        dataset.StudyInstanceUID = study_uid
+        dataset.SeriesInstanceUID = generate_uid(entropy_srcs=[study_uid, str(dataset.SeriesInstanceUID)])
+        dataset.SOPInstanceUID = generate_uid(entropy_srcs=[study_uid, str(dataset.SOPInstanceUID)])
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.PatientID = f"COPY{number:04d}"
+        dataset.save_as(target / path.name)
+    return str(study_uid)
+
+
+class Orthanc:
+    """An Orthanc process (Debian package) with its storage in ``folder``."""
+
+    def __init__(self, folder: Path, aet: str = "ORTHANC") -> None:
+        self.folder = folder
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"Name": "PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+                  "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True}
+        (folder / "orthanc.json").write_text(json.dumps(config))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> Orthanc:
+        binary = shutil.which("Orthanc")
+        assert binary, "Orthanc (Debian orthanc) is not installed; run tools/setup --dev"
+        log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen([binary, str(self.folder / "orthanc.json")], stdout=log, stderr=log)
+        process = self.process
+
+        def answers() -> Any:
+            assert process.poll() is None, (self.folder / "orthanc.log").read_text()[-2000:]
+            return http_json(self.url + "/system")
+
+        wait_for(answers, 30, "Orthanc to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def get(self, path: str) -> Any:
+        return http_json(self.url + path)
+
+    def segs(self) -> list[dict[str, Any]]:
+        """Every SEG instance Orthanc holds, with its main DICOM tags."""
+        found = []
+        for instance in self.get("/instances?expand") or []:
+            tags = self.get(f"/instances/{instance['ID']}/simplified-tags") or {}
+            if tags.get("Modality") == "SEG":
+                found.append(tags)
+        return found
+
+
+class NodeProcess:
+    """``python -m app serve`` as a subprocess on free ports, killable and restartable."""
+
+    def __init__(self, folder: Path, orthanc: Orthanc | None, **settings: Any) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.http_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.settings = {"quiet_seconds": 1.5, "stable_seconds": 4, "forced_seconds": 600, "job_timeout": 120,
+                         "job_retries": 5, "send_backoff": 0.5, "send_backoff_max": 2, **settings}
+        self.destinations = [f"PACS={orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"] if orthanc else []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "app", "serve", "-m", str(THRESHOLD_MODEL), "--no-progress",
+                "--port", str(self.port), "--http-port", str(self.http_port), "--spool", str(self.folder / "spool")]
+        for destination in self.destinations:
+            args += ["--destinations", destination]
+        for key, value in self.settings.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return args
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "node.log", "ab")  # noqa: SIM115 - owned by the process
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=log, stderr=log, env=env,
+                                        start_new_session=True)
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        def healthy() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log()[-3000:]
+            answer = http_json(self.url + "/healthz")
+            return bool(answer and answer.get("status") == "ok")
+
+        wait_for(healthy, timeout, "the node to become healthy")
+
+    def kill(self) -> None:
+        """SIGKILL the node and its worker child (the whole process group)."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self.process = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        path = self.folder / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return http_json(self.url + "/api/jobs") or []
+
+    def journal_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Read the journal directly (a second reader is fine with WAL)."""
+        import sqlite3
+
+        with sqlite3.connect(self.folder / "spool" / "journal.sqlite3", timeout=10) as db:
+            return db.execute(sql).fetchall()
+
+
+def storescu(
+    folder: Path, port: int, calling: str = "MODALITY", called: str = "SEGMAMBA"
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk storescu: propose only what the files need (-R), scan the folder recursively."""
+    binary = shutil.which("storescu")
+    assert binary, "dcmtk is not installed; run tools/setup --dev"
+    return subprocess.run([binary, "-R", "+sd", "+r", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+                           str(folder)], capture_output=True, text=True, timeout=120)
