@@ -1,0 +1,86 @@
+"""Wall time per stage of the batch application on a 4-series 240x240x155 study.
+
+Writes a synthetic study (four 240x240x155 1 mm series plus a localizer), then runs the whole
+operator chain (load, select, volume, infer, write) with SegMamba model folders of the full
+BraTS size and of a small configuration (random weights: speed does not depend on them), and
+prints seconds per stage and each stage's share of the total.
+
+    .venv/bin/python benchmarks/bench_app.py [--configs full small] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from app.batch import load_model, process_study
+from app.config import load_settings
+from app.synthetic_study import SeriesSpec, write_study
+from segmamba import SegMamba
+from segmamba.synthetic import Lesion, Phantom
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "full": {"in_chans": 4, "out_chans": 4, "feat_size": [48, 96, 192, 384], "hidden_size": 768},
+    "small": {"in_chans": 4, "out_chans": 4, "feat_size": [16, 32, 64, 128], "hidden_size": 256},
+}
+STAGES = ("load", "select", "volume", "infer", "write")
+
+
+def brats_size_study(folder: Path) -> None:
+    """Four axial 240x240x155 series at 1 mm (the BraTS grid), plus a localizer to ignore."""
+    grid = dict(orientation="axial", rows=240, columns=240, slices=155, pixel_spacing=(1.0, 1.0), slice_thickness=1.0)
+    specs = [SeriesSpec(role, description, **grid) for role, description in
+             (("t1n", "t1_mprage_tra"), ("t1c", "t1_mprage_tra POST GAD"), ("t2w", "t2_tse_tra"),
+              ("t2f", "t2_tirm_tra_dark-fluid"))]
+    specs.append(SeriesSpec("t1n", "localizer", kind="localizer", rows=128, columns=128, pixel_spacing=(2.0, 2.0)))
+    phantom = Phantom(center=(0.0, -10.0, 20.0), lesion=Lesion(center=(-25.0, 0.0, 35.0), radius=22.0, seed=3))
+    write_study(folder, phantom, specs, seed=1)
+
+
+def model_folder(folder: Path, args: dict) -> Path:
+    card = json.loads((REPO / "tests" / "models" / "threshold" / "metadata.json").read_text())
+    card.update(name=f"segmamba-{folder.name}", version="bench", network={"type": "segmamba", "args": args,
+                "weights": "model.pt"}, preprocessing={"spacing_mm": 1.0, "crop_foreground": True,
+                "normalize": "zscore_nonzero"})
+    folder.mkdir(parents=True)
+    torch.save(SegMamba(**args).state_dict(), folder / "model.pt")
+    (folder / "metadata.json").write_text(json.dumps(card))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "full"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        started = time.perf_counter()
+        brats_size_study(root / "study")
+        print(f"wrote the 240x240x155 study in {time.perf_counter() - started:.1f} s")
+        for name in args.configs:
+            settings = load_settings(environ={}, overrides={"models": model_folder(root / name, CONFIGS[name]),
+                                                            "progress": False, "device": "cpu"})
+            model_started = time.perf_counter()
+            card, segmenter = load_model(settings)
+            model_seconds = time.perf_counter() - model_started
+            _, times = process_study(settings, card, segmenter, root / "study", root / f"out-{name}")
+            rows.append((name, model_seconds, times))
+    print(f"\nstage seconds (share of the chain), CPU, {args.threads} threads; model loading is once per process")
+    print(f"{'config':8s} {'model load':>11s} " + " ".join(f"{s:>15s}" for s in STAGES) + f" {'total':>9s}")
+    for name, model_seconds, times in rows:
+        total = sum(times[s] for s in STAGES)
+        cells = " ".join(f"{times[s]:8.1f} ({times[s] / total:4.0%})" for s in STAGES)
+        print(f"{name:8s} {model_seconds:11.1f} {cells} {total:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
