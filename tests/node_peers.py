@@ -219,3 +219,31 @@ def storescu(
     assert binary, "dcmtk is not installed; run tools/setup --dev"
     return subprocess.run([binary, "-R", "+sd", "+r", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
                            str(folder)], capture_output=True, text=True, timeout=120)
+
+
+def send_study(folder: Path, port: int, calling: str = "MODALITY", called: str = "SEGMAMBA",
+               stop_after: int | None = None) -> bool:
+    """pynetdicom as a modality: C-STORE every file; True only if all were answered Success."""
+    from pynetdicom import AE
+    from pynetdicom.presentation import build_context
+
+    paths = sorted(p for p in folder.iterdir() if p.is_file())[:stop_after]
+    datasets = [pydicom.dcmread(p) for p in paths]
+    ae = AE(calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    classes = sorted({str(ds.SOPClassUID) for ds in datasets})
+    try:
+        assoc = ae.associate("127.0.0.1", port, [build_context(c) for c in classes], ae_title=called)
+    except OSError:
+        return False
+    if not assoc.is_established:
+        return False
+    try:
+        for dataset in datasets:
+            answer = assoc.send_c_store(dataset)
+            if not answer or int(answer.Status) != 0:
+                return False
+        return True
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -64,8 +64,8 @@ def status_page(journal: Journal, title: str) -> str:
     for job in jobs:
         delivered = (f"{job['sent']}/{job['sends']} {_when(job['delivered'])}" if job["sends"] else "")
         problem = job["reason"] or job["send_error"] or ""
-        preview = f'<img class="preview" src="{job["preview"]}" alt="preview of job {job["id"]}" width="240">' \
-            if job["preview"] else ""
+        preview = (f'<img class="preview" src="{job["preview"]}" alt="preview of job {job["id"]}" width="240" '
+                   "onload=\"this.dataset.loaded = this.naturalWidth\">") if job["preview"] else ""
         rows.append(
             f'<tr class="job state-{job["state"]}" id="job-{job["id"]}"><td>{job["id"]}</td>'
             f'<td><code>{html.escape(job["study_uid"])}</code><br>{html.escape(job["patient_id"] or "")} '
