@@ -1,0 +1,95 @@
+"""Crashes and outages: the node SIGKILLed during intake, processing and sending, and Orthanc down
+while results are due; after restarts every accepted study ends as exactly one SEG in Orthanc."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.node_peers import NodeProcess, Orthanc, copy_as_new_study, send_study, wait_for, write_small_study
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("faults") / "study"
+    write_small_study(folder, seed=301)
+    return folder
+
+
+def seg_counts(orthanc: Orthanc) -> Counter[str]:
+    return Counter(tag["StudyInstanceUID"] for tag in orthanc.segs())
+
+
+def test_kill_during_intake_processing_and_sending_with_pacs_down(source: Path, tmp_path: Path) -> None:
+    orthanc = Orthanc(tmp_path / "orthanc")  # the PACS is down until the end
+    node = NodeProcess(tmp_path / "node", orthanc).start()
+    try:
+        study = copy_as_new_study(source, tmp_path / "a", 1)
+        instances = len(list((tmp_path / "a").iterdir()))
+
+        assert send_study(tmp_path / "a", node.port, stop_after=instances // 2)
+        node.kill()  # during intake: half the study received
+        node.start()
+        assert send_study(tmp_path / "a", node.port), "the modality sends the whole study again"
+
+        wait_for(lambda: node.journal_rows("SELECT 1 FROM jobs WHERE state = 'processing'"), 60, "processing",
+                 every=0.05)
+        node.kill()  # during processing
+        node.start()
+
+        wait_for(lambda: node.journal_rows("SELECT 1 FROM outbox WHERE state = 'pending' AND attempts >= 2"), 60,
+                 "failed sends while the PACS is down")
+        node.kill()  # during sending (retrying with back-off)
+        node.start()
+        time.sleep(2)  # results due, still undeliverable
+
+        orthanc.start()
+        wait_for(lambda: seg_counts(orthanc)[study] >= 1, 60, "the SEG once the PACS is back")
+        time.sleep(2)  # a duplicate send would arrive now
+        assert seg_counts(orthanc) == Counter({study: 1})
+        assert node.journal_rows(f"SELECT COUNT(*) FROM instances WHERE study_uid = '{study}'") == [(instances,)]
+        [(state, attempts)] = node.journal_rows("SELECT state, attempts FROM jobs")
+        assert state == "done" and attempts == 2, "processing restarted once after the kill"
+        wait_for(lambda: node.journal_rows("SELECT state FROM outbox") == [("sent",)], 10, "the acknowledgement")
+        events = [row[0] for row in node.journal_rows("SELECT event FROM audit ORDER BY id")]
+        assert events.count("recovered") == 1 and events.count("result-sent") == 1
+    finally:
+        node.kill()
+        orthanc.stop()
+
+
+def test_random_kills_lose_nothing_and_duplicate_nothing(source: Path, tmp_path: Path) -> None:
+    """Ten SIGKILLs at random moments while three studies arrive, are processed and sent."""
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    node = NodeProcess(tmp_path / "node", orthanc, quiet_seconds=1.0).start()
+    rng = random.Random(5)
+    studies = [copy_as_new_study(source, tmp_path / f"s{n}", 10 + n) for n in range(3)]
+    sent: list[str] = []
+
+    def modality() -> None:  # resends a study until every instance is acknowledged, as modalities do
+        for n, uid in enumerate(studies):
+            while not send_study(tmp_path / f"s{n}", node.port):
+                time.sleep(0.3)
+            sent.append(uid)
+
+    sender = threading.Thread(target=modality)
+    sender.start()
+    try:
+        for _ in range(10):
+            time.sleep(rng.uniform(0.3, 3.0))
+            node.kill()
+            node.start()
+        sender.join(timeout=120)
+        assert sent == studies
+        wait_for(lambda: set(studies) <= set(seg_counts(orthanc)), 120, "every SEG")
+        time.sleep(2)
+        assert seg_counts(orthanc) == Counter(dict.fromkeys(studies, 1)), "each study exactly once"
+    finally:
+        node.kill()
+        orthanc.stop()
+
