@@ -24,7 +24,7 @@ from torch import Tensor
 from segmamba.scan import cpu_kernel
 from segmamba.scan._common import check_inputs, compute_dtype, discretize_delta, epilogue
 
-CHUNK_SIZE = 32
+CHUNK_SIZE = 16
 SEGMENT_CHUNKS = 32
 
 
@@ -69,7 +69,9 @@ def _kernel_applies(u: Tensor, dtype: torch.dtype, tensors: tuple[Tensor | None,
 def _torch_scan(u: Tensor, d: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, seg_chunks: int) -> Tensor:
     """y_t = <h_t, C_t> for the whole sequence, segment by segment (differentiable)."""
     length = u.shape[-1]
-    chunk = max(1, min(chunk, length))
+    if length == 0:
+        return u.new_zeros(u.shape)
+    chunk = min(chunk, length)
     pad = -length % chunk
     if pad:  # zero steps past the end: decay exp(0) = 1 and no input, so states pass through
         d, u, B, C = (F.pad(t, (0, pad)) for t in (d, u, B, C))
