@@ -7,14 +7,19 @@ run the way the image runs it, on a synthetic study with the deterministic test 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import runpy
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import types
+import urllib.request
 from dataclasses import fields
 from fnmatch import fnmatch
 from pathlib import Path
@@ -248,6 +253,43 @@ def test_mercure_runs_the_image_entry_point_on_its_folders(context: Path, study:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output / "segmentation.dcm").is_file()
     assert "without: task.json *.tags *.dcm.json" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_mode_answers_healthz_and_stops_on_sigterm(context: Path, tmp_path: Path) -> None:
+    """The Kubernetes contract: SEGMAMBA_MODE=serve, /healthz on the HTTP port, SIGTERM reaches the node."""
+    http_port = free_port()
+    env = image_environment(context, tmp_path, SEGMAMBA_MODE="serve", SEGMAMBA_PORT=str(free_port()),
+                            SEGMAMBA_HTTP_PORT=str(http_port), SEGMAMBA_SPOOL=str(tmp_path / "spool"))
+    log = (tmp_path / "node.log").open("w")
+    node = subprocess.Popen(["sh", str(context / "segmamba-entry")], cwd=tmp_path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        health: dict[str, Any] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and node.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as response:
+                    health = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert health.get("status") == "ok", (tmp_path / "node.log").read_text()[-3000:]
+        node.send_signal(signal.SIGTERM)  # to the shell's pid: exec made it the application
+        assert node.wait(timeout=60) == 0  # a graceful stop, not a shell killed by the signal (-15)
+        with pytest.raises(OSError):  # and the application is gone with it
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the node's process group
+            os.killpg(node.pid, signal.SIGKILL)
+        node.wait(timeout=30)
+        log.close()
+    assert (tmp_path / "spool").is_dir()
 
 
 def test_entry_point_returns_the_application_exit_status(context: Path, tmp_path: Path) -> None:
