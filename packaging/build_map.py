@@ -124,6 +124,10 @@ class Layout:
     def info(self) -> Path:
         return self.out / INFO_NAME
 
+    @property
+    def marker(self) -> Path:
+        return self.out / ".build_map"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -203,11 +207,12 @@ def find_model(path: Path) -> Path:
 def prepare_out(layout: Layout) -> None:
     """Empty --out, refusing a non-empty folder that an earlier build did not make."""
     out = layout.out
-    if out.exists() and any(out.iterdir()) and not layout.info.is_file() and not layout.log.is_file():
+    if out.exists() and any(out.iterdir()) and not layout.marker.is_file():
         raise BuildError(f"{out} is not empty and was not written by this script; choose another --out")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    layout.marker.write_text("written by packaging/build_map.py; emptied by each build\n")
 
 
 def requirement_name(line: str) -> str | None:

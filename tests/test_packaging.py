@@ -205,6 +205,16 @@ def test_context_only_succeeds_and_manifest_traps_are_refused(tmp_path: Path) ->
     result = build_map("--tag", IMAGE, "--models", str(tmp_path / "empty"), "--out", str(tmp_path / "c"))
     assert result.returncode == 1 and "no model in" in result.stderr
 
+    precious = tmp_path / "mine" / "notes.txt"  # an --out that this script did not write is left alone
+    precious.parent.mkdir()
+    precious.write_text("keep")
+    result = build_map("--tag", IMAGE, "--models", str(THRESHOLD_MODEL), "--out", str(precious.parent))
+    assert result.returncode == 1 and "not written by this script" in result.stderr
+    assert precious.read_text() == "keep"
+    result = build_map("--tag", IMAGE, "--models", str(THRESHOLD_MODEL), "--out", str(tmp_path / "a"),
+                       "--context-only")  # a second build into the same folder replaces the first
+    assert result.returncode == 0, result.stderr
+
 
 def test_packaging_folder_does_not_shadow_the_packaging_library() -> None:
     assert not (PACKAGING / "__init__.py").exists()
