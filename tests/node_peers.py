@@ -142,6 +142,7 @@ class NodeProcess:
         self.port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.model = THRESHOLD_MODEL
         self.settings = {"quiet_seconds": 1.5, "stable_seconds": 4, "forced_seconds": 600, "job_timeout": 120,
                          "job_retries": 5, "send_backoff": 0.5, "send_backoff_max": 2, **settings}
         self.destinations = [f"PACS={orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"] if orthanc else []
@@ -151,7 +152,7 @@ class NodeProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "app", "serve", "-m", str(THRESHOLD_MODEL), "--no-progress",
+        args = [sys.executable, "-m", "app", "serve", "-m", str(self.model), "--no-progress",
                 "--port", str(self.port), "--http-port", str(self.http_port), "--spool", str(self.folder / "spool")]
         for destination in self.destinations:
             args += ["--destinations", destination]
