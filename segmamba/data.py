@@ -1,0 +1,150 @@
+"""BraTS 2023 layout reader, preprocessing, training transforms and the train/val/test split.
+
+Layout: ``<root>/<case>/<case>-{t1n,t1c,t2w,t2f}.nii.gz`` (+ ``-seg.nii.gz`` with labels 0-3).
+Preprocessing matches the application: channels stacked in the model card's channel order,
+cropped to the nonzero region (any channel), z-scored per channel over its nonzero voxels.
+Training draws random patches (a fraction centred on tumour voxels: foreground oversampling)
+with nnU-Net-style augmentation built from MONAI transforms.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai import transforms as mt
+
+CHANNEL_ORDER: tuple[str, ...] = ("t2w", "t2f", "t1n", "t1c")
+MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+SPLIT_FILE = "split.json"
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The NIfTI files of one case (``seg`` is None for unlabelled cases)."""
+
+    name: str
+    images: dict[str, Path]
+    seg: Path | None
+
+
+def find_cases(root: Path, require_seg: bool = True) -> list[CaseFiles]:
+    """All complete cases under ``root`` (sorted by name)."""
+    cases = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        images = {m: folder / f"{folder.name}-{m}.nii.gz" for m in MODALITIES}
+        seg = folder / f"{folder.name}-seg.nii.gz"
+        if not all(p.is_file() for p in images.values()):
+            continue
+        if require_seg and not seg.is_file():
+            continue
+        cases.append(CaseFiles(folder.name, images, seg if seg.is_file() else None))
+    if not cases:
+        raise FileNotFoundError(f"no BraTS-layout cases (<case>/<case>-t1n.nii.gz ...) under {root}")
+    return cases
+
+
+def load_case(case: CaseFiles, channel_order: Sequence[str] = CHANNEL_ORDER) -> dict[str, Any]:
+    """Raw arrays: ``image`` (C, i, j, k) float32, ``label`` (1, i, j, k) uint8 or None, ``affine``, spacing."""
+    import nibabel as nib
+
+    first = nib.load(case.images[channel_order[0]])
+    arrays = [np.asarray(first.dataobj, dtype=np.float32)]
+    for role in channel_order[1:]:
+        image = nib.load(case.images[role])
+        if image.shape != first.shape:
+            raise ValueError(f"{case.name}: {role} has shape {image.shape}, expected {first.shape}")
+        arrays.append(np.asarray(image.dataobj, dtype=np.float32))
+    label = None
+    if case.seg is not None:
+        label = np.asarray(nib.load(case.seg).dataobj).astype(np.uint8)[None]
+    spacing = tuple(float(z) for z in first.header.get_zooms()[:3])
+    return {"name": case.name, "image": np.stack(arrays), "label": label, "affine": first.affine,
+            "spacing": spacing}
+
+
+def preprocess(image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Crop to the nonzero box of any channel, then z-score each channel over its nonzero voxels."""
+    nonzero = np.any(image != 0, axis=0)
+    if nonzero.any():
+        box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(nonzero))
+        image = image[(slice(None), *box)]
+        label = None if label is None else label[(slice(None), *box)]
+    normalize = mt.NormalizeIntensity(nonzero=True, channel_wise=True, dtype=np.float32)
+    return np.asarray(normalize(image), dtype=np.float32), label
+
+
+def load_preprocessed(case: CaseFiles, channel_order: Sequence[str] = CHANNEL_ORDER) -> dict[str, Any]:
+    """`load_case` then `preprocess`: what training and validation iterate over."""
+    raw = load_case(case, channel_order)
+    image, label = preprocess(raw["image"], raw["label"])
+    return {"name": raw["name"], "image": image, "label": label, "spacing": raw["spacing"]}
+
+
+def make_split(names: Sequence[str], seed: int = 0, fractions: tuple[float, float] = (0.15, 0.15)
+               ) -> dict[str, list[str]]:
+    """Reproducible split of case names: (val, test) fractions, at least one val case when >= 2 cases."""
+    ordered = sorted(names)
+    random.Random(seed).shuffle(ordered)
+    n = len(ordered)
+    n_val = max(1 if n >= 2 else 0, round(n * fractions[0]))
+    n_test = round(n * fractions[1]) if n - n_val > 1 else 0
+    return {"seed": seed, "val": sorted(ordered[:n_val]), "test": sorted(ordered[n_val:n_val + n_test]),
+            "train": sorted(ordered[n_val + n_test:])}  # type: ignore[dict-item]
+
+
+def write_split(split: dict[str, Any], path: Path) -> None:
+    Path(path).write_text(json.dumps(split, indent=2) + "\n")
+
+
+def read_split(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def train_transforms(patch_size: Sequence[int], foreground_fraction: float = 1 / 3) -> mt.Compose:
+    """Random patch (foreground oversampling) + nnU-Net-style spatial and intensity augmentation."""
+    keys = ["image", "label"]
+    pos = max(foreground_fraction, 1e-6)
+    return mt.Compose([
+        mt.SpatialPadd(keys, spatial_size=patch_size),
+        mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch_size, pos=pos, neg=1.0 - pos,
+                                  num_samples=1, allow_smaller=False),
+        mt.RandAffined(keys, prob=0.2, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
+                       mode=("bilinear", "nearest"), padding_mode="zeros", cache_grid=True,
+                       spatial_size=patch_size),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=2),
+        mt.RandGaussianNoised("image", prob=0.1, std=0.1),
+        mt.RandGaussianSmoothd("image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        mt.RandScaleIntensityd("image", factors=0.25, prob=0.15),
+        mt.RandShiftIntensityd("image", offsets=0.1, prob=0.15),
+        mt.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+        mt.EnsureTyped(keys, track_meta=False),
+    ])
+
+
+class PatchDataset:
+    """Random training patches from in-memory preprocessed cases (one patch per item)."""
+
+    def __init__(self, cases: Sequence[dict[str, Any]], patch_size: Sequence[int], length: int,
+                 foreground_fraction: float = 1 / 3, seed: int = 0) -> None:
+        self.cases = list(cases)
+        self.length = length
+        self.transform = train_transforms(patch_size, foreground_fraction)
+        self.transform.set_random_state(seed=seed)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case = self.cases[int(self.rng.integers(len(self.cases)))]
+        sample = self.transform({"image": case["image"], "label": case["label"]})
+        sample = sample[0] if isinstance(sample, list) else sample
+        return {"image": sample["image"].float(), "label": sample["label"].long()}

@@ -1,0 +1,104 @@
+"""Export a training checkpoint as the model folder the application loads (``-m``).
+
+    python -m segmamba.export --checkpoint RUN_DIR/best.pt --out models/segmamba-demo [--demo]
+
+Writes ``metadata.json`` (architecture, channel order, preprocessing, sliding-window settings,
+label meanings, training data description, measured validation metrics) and ``model.pt`` (the
+state_dict, float16 unless ``--float32``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segmamba.data import CHANNEL_ORDER
+from segmamba.evaluate import EMPTY_HD95_MM, REGIONS
+
+DEMO_INTENDED_USE = "Demonstration only - trained on synthetic phantoms - NOT FOR CLINICAL USE"
+WEIGHTS_NAME = "model.pt"
+LABELS: list[dict[str, Any]] = [
+    {"label": 1, "name": "Necrotic tumour core",
+     "type": {"scheme": "SCT", "value": "6574001", "meaning": "Necrosis"}, "color": [230, 60, 60]},
+    {"label": 2, "name": "Peritumoral oedema",
+     "type": {"scheme": "SCT", "value": "79654002", "meaning": "Edema"}, "color": [90, 200, 90]},
+    {"label": 3, "name": "Enhancing tumour",
+     "type": {"scheme": "NCIt", "value": "C113842", "meaning": "Enhancing Lesion"}, "color": [250, 220, 60]},
+]
+
+
+def export_model(checkpoint: Path, out: Path, *, name: str, version: str, description: str, intended_use: str,
+                 overlap: float = 0.5, sw_batch_size: int = 1, mirror_tta: bool = False, float16: bool = True,
+                 extra_metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``out/metadata.json`` and ``out/model.pt`` from a `segmamba.train` checkpoint."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    weights = {k: (v.half() if float16 and v.is_floating_point() else v).contiguous()
+               for k, v in state["model"].items()}
+    config = state.get("config", {})
+    patch = int(config.get("patch", 128))
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, out / WEIGHTS_NAME)
+    validation: dict[str, Any] = {
+        "cases": len(state.get("split", {}).get("val", [])[: config.get("val_cases") or None]),
+        "epoch": state.get("epoch", -1) + 1,
+        "metrics": state.get("val_metrics", {}),
+        "hd95_empty_convention_mm": EMPTY_HD95_MM,
+    }
+    if extra_metrics:
+        validation["held_out"] = extra_metrics
+    card = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "intended_use": intended_use,
+        "network": {"type": "segmamba", "args": state["network_args"], "weights": WEIGHTS_NAME,
+                    "dtype": "float16" if float16 else "float32"},
+        "channel_order": list(state.get("channel_order", CHANNEL_ORDER)),
+        "preprocessing": {"spacing_mm": 1.0, "crop_foreground": True, "normalize": "zscore_nonzero"},
+        "inference": {"roi_size": [patch] * 3, "overlap": overlap, "mode": "gaussian",
+                      "sw_batch_size": sw_batch_size, "mirror_tta": mirror_tta},
+        "labels": LABELS,
+        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "training": {
+            "data": state.get("data_description", ""),
+            "recipe": "segmamba.train: CE over labels 0-3, SGD momentum 0.99 Nesterov, lr 1e-2 poly 0.9, "
+                      "weight decay 3e-5, grad clip 12, nnU-Net-style augmentation",
+            "iterations": state.get("iteration"),
+            "config": config,
+        },
+        "validation": validation,
+    }
+    (out / "metadata.json").write_text(json.dumps(card, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="RUN_DIR/best.pt or last.pt")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--name", default="segmamba-demo")
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--description", default="SegMamba brain-tumour segmentation (BraTS 2023 labels)")
+    parser.add_argument("--intended-use", default="Research use only - NOT FOR CLINICAL USE")
+    parser.add_argument("--demo", action="store_true", help=f"intended_use = {DEMO_INTENDED_USE!r}")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--sw-batch-size", type=int, default=1)
+    parser.add_argument("--mirror-tta", action="store_true")
+    parser.add_argument("--float32", action="store_true", help="keep float32 weights")
+    parser.add_argument("--metrics-json", type=Path, help="evaluate --json output to record as held-out metrics")
+    args = parser.parse_args(argv)
+    extra = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
+    out = export_model(args.checkpoint, args.out, name=args.name, version=args.version, description=args.description,
+                       intended_use=DEMO_INTENDED_USE if args.demo else args.intended_use, overlap=args.overlap,
+                       sw_batch_size=args.sw_batch_size, mirror_tta=args.mirror_tta, float16=not args.float32,
+                       extra_metrics=extra)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    print(f"wrote {out} ({size:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
