@@ -16,6 +16,7 @@ from segmamba.scan.chunked import chunked_scan
 from segmamba.scan.mamba_ssm_backend import mamba_ssm_accepts, mamba_ssm_available, mamba_ssm_scan
 from segmamba.scan.reference import reference_scan
 from segmamba.scan.registry import available_backends, register_backend, registered_backends, resolve
+from segmamba.scan.triton_backend import triton_accepts, triton_available, triton_scan
 
 __all__ = ["available_backends", "register_backend", "registered_backends", "selective_scan"]
 
@@ -23,6 +24,9 @@ register_backend("reference", reference_scan)
 register_backend("chunked", chunked_scan)
 register_backend("mamba_ssm", mamba_ssm_scan, available=mamba_ssm_available, accepts=mamba_ssm_accepts,
                  auto_priority=100)
+# Ours ranks above mamba_ssm: chunk-parallel where mamba_ssm's grid is only batch x channels
+# (docs/gpu.md; benchmarks/bench_gpu.py times both).
+register_backend("triton", triton_scan, available=triton_available, accepts=triton_accepts, auto_priority=150)
 
 
 def selective_scan(
