@@ -31,6 +31,15 @@ LABELS: list[dict[str, Any]] = [
 ]
 
 
+def _recipe(config: dict[str, Any]) -> str:
+    loss = "soft Dice + cross-entropy" if config.get("loss") == "dicece" else "cross-entropy"
+    return (f"segmamba.train: {loss} over labels 0-3, SGD momentum {config.get('momentum', 0.99)} Nesterov, "
+            f"lr {config.get('lr', 1e-2)} poly 0.9, weight decay {config.get('weight_decay', 3e-5)}, "
+            f"grad clip {config.get('grad_clip', 12.0)}, nnU-Net-style augmentation, "
+            f"foreground fraction {config.get('foreground_fraction', 1 / 3):.2f}"
+            + ("; Mamba encoder frozen at its seeded initialisation" if config.get("freeze_encoder") else ""))
+
+
 def export_model(checkpoint: Path, out: Path, *, name: str, version: str, description: str, intended_use: str,
                  overlap: float = 0.5, sw_batch_size: int = 1, mirror_tta: bool = False, float16: bool = True,
                  extra_metrics: dict[str, Any] | None = None) -> Path:
@@ -65,8 +74,7 @@ def export_model(checkpoint: Path, out: Path, *, name: str, version: str, descri
         "regions": {k: list(v) for k, v in REGIONS.items()},
         "training": {
             "data": state.get("data_description", ""),
-            "recipe": "segmamba.train: CE over labels 0-3, SGD momentum 0.99 Nesterov, lr 1e-2 poly 0.9, "
-                      "weight decay 3e-5, grad clip 12, nnU-Net-style augmentation",
+            "recipe": _recipe(config),
             "iterations": state.get("iteration"),
             "config": config,
         },

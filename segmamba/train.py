@@ -60,6 +60,20 @@ def poly_lr(base: float, iteration: int, total: int, exponent: float = 0.9) -> f
     return base * (1.0 - min(iteration, total) / total) ** exponent
 
 
+def make_loss(name: str) -> nn.Module:
+    """Loss on (logits (B, 4, ...), labels (B, 1, ...) int64)."""
+    if name == "dicece":
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+    class _CrossEntropy(nn.Module):
+        def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(logits, label[:, 0])
+
+    return _CrossEntropy()
+
+
 def seed_everything(seed: int) -> None:
     from monai.utils import set_determinism
 
@@ -126,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.99)
     p.add_argument("--weight-decay", type=float, default=3e-5)
     p.add_argument("--grad-clip", type=float, default=12.0)
+    p.add_argument("--loss", choices=("ce", "dicece"), default="ce",
+                   help="ce: cross-entropy (reference); dicece: + soft Dice (nnU-Net), learns small classes sooner")
     p.add_argument("--foreground-fraction", type=float, default=1 / 3)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     p.add_argument("--val-cases", type=int, default=0, help="validate on the first N val cases (0: all)")
@@ -175,7 +191,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    criterion = nn.CrossEntropyLoss()
+    criterion = make_loss(args.loss)
     total = args.epochs * args.iters_per_epoch
     start_epoch, iteration, best, history = 0, 0, -1.0, []
     if args.resume and (run_dir / "last.pt").is_file():
@@ -208,7 +224,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 logits = model(image)
-            loss = criterion(logits.float(), label[:, 0])
+            loss = criterion(logits.float(), label)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)

@@ -125,3 +125,26 @@ def test_evaluate_runs_a_model_folder(run_dir: Path, tiny_data: Path, tmp_path: 
     assert [r["case"] for r in rows] == split["val"]
     assert all(0.0 <= r["Dice_WT"] <= 1.0 for r in rows)
     assert (tmp_path / "pred" / f"{split['val'][0]}.nii.gz").is_file()
+
+
+def test_shipped_demo_model_segments_a_synthetic_lesion() -> None:
+    """The demo model in models/ finds a held-out synthetic tumour (on a 96^3 crop, for speed)."""
+    from operators.model_card import load_model_card
+    from operators.segmenters import build_segmenter
+    from segmamba.data import CHANNEL_ORDER, preprocess
+    from segmamba.evaluate import region_metrics
+    from segmamba.export import DEMO_INTENDED_USE
+    from segmamba.synthetic import generate_case
+
+    card = load_model_card(Path(__file__).resolve().parents[1] / "models" / "segmamba-demo")
+    assert card.intended_use == DEMO_INTENDED_USE
+    assert sum(p.stat().st_size for p in card.folder.iterdir()) <= 20 * 1024 * 1024
+    case = generate_case(90001, CaseConfig(tumour_probability=1.0, lesion_radius_mm=(22.0, 26.0)))
+    image, label = preprocess(np.stack([case.images[c] for c in CHANNEL_ORDER]), case.label[None])
+    assert label is not None
+    centre = np.argwhere(label[0] > 0).mean(axis=0).astype(int)
+    box = tuple(slice(max(0, c - 48), max(0, c - 48) + 96) for c in centre)
+    segmenter = build_segmenter(card, device="cpu", progress=False)
+    pred = segmenter(image[(slice(None), *box)])
+    metrics = region_metrics(pred, label[0][box])
+    assert metrics["Dice_WT"] > 0.8 and metrics["Dice_TC"] > 0.6 and metrics["Dice_ET"] > 0.5, metrics
