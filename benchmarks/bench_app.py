@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo's packages
 from app.batch import load_model, process_study
 from app.config import load_settings
 from app.synthetic_study import SeriesSpec, write_study

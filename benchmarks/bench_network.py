@@ -12,9 +12,14 @@ import argparse
 import multiprocessing as mp
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the repo's packages
 
 NETWORKS = ("SegMamba (BraTS, 67.4 M)", "SwinUNETR feature_size=48", "DynUNet (nnU-Net-like)")
 
@@ -67,8 +72,10 @@ def main() -> None:
         queue = context.Queue()
         child = context.Process(target=measure, args=(name, args.size, args.repeats, args.threads, queue))
         child.start()
-        rows.append(queue.get())
         child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"{name}: the measuring process failed (exit code {child.exitcode})")
+        rows.append(queue.get())
     base_seconds, base_rss = rows[0][1], rows[0][2]
     print(f"\n1x4x{args.size}^3 window, float32, CPU, {args.threads} threads, median of {args.repeats}")
     ratio = "vs SegMamba"
