@@ -107,7 +107,7 @@ def write_metrics(history: list[dict[str, Any]], run_dir: Path) -> None:
 
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train CE")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_yscale("log")
     ax_loss.legend()
