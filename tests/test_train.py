@@ -20,8 +20,10 @@ ARGS = ["--patch", "32", "--feat-size", "8", "16", "32", "64", "--hidden-size", 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_threads() -> Iterator[None]:
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, two OpenMP threads can be 10x slower."""
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
