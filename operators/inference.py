@@ -42,6 +42,7 @@ class SegmentationOperator(Operator):
         model_input: ModelInput = op_input.receive("model_input")
         log.info("segmenting study %s, input %s", model_input.study_uid, model_input.image.shape)
         labels = self.segmenter(model_input.image)
+        labels[~model_input.valid] = 0  # no label where a series has no data
         counts = np.bincount(labels.ravel(), minlength=1)
         log.info("labels found (voxels per label on the model grid): %s", dict(enumerate(counts.tolist())))
         op_output.emit(Prediction(labels=labels, model_input=model_input), "prediction")

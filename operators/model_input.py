@@ -4,6 +4,10 @@ The model grid has the reference series' orientation and extent at the model car
 spacing (1 mm for the reference recipe). Channels follow the card's ``channel_order``; the
 volume is cropped to the region where any channel has signal and each channel is z-scored
 over its own nonzero voxels (background set to 0), as the card's preprocessing says.
+
+Voxels where any series has no data (outside its field of view after resampling) are marked
+invalid; the inference operator leaves them unlabelled, since the network cannot judge a voxel
+from an incomplete input (a tilted FLAIR that misses the corners of the T1c grid, say).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class ModelInput:
     grid_shape: tuple[int, int, int]  # the full model grid
     grid_affine: np.ndarray
     crop: tuple[slice, slice, slice]  # where `image` lies in the model grid
+    valid: np.ndarray  # (i, j, k) bool on `image`'s voxels: every series has data there
     reference: ImageVolume  # the reference series as a volume (its own grid)
     reference_datasets: list[pydicom.Dataset]
     selection: SeriesSelection
@@ -90,6 +95,7 @@ def build_model_input(
     grid_shape, grid_affine = isotropic_grid(reference, card.preprocessing.spacing_mm)
     image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1) for role in card.channel_order])
     prepared, crop = preprocess(image.astype(np.float32), card.preprocessing)
+    valid = np.all(image[(slice(None), *crop)] != 0, axis=0)
     log.info(
         "model grid %s at %.2f mm (orientation of %s), input cropped to %s",
         grid_shape, card.preprocessing.spacing_mm, reference_role, prepared.shape[1:],
@@ -100,6 +106,7 @@ def build_model_input(
         grid_shape=tuple(grid_shape),  # type: ignore[arg-type]
         grid_affine=grid_affine,
         crop=crop,
+        valid=valid,
         reference=reference,
         reference_datasets=list(series[reference_role]),
         selection=selection,

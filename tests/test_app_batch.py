@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -253,3 +254,22 @@ def test_help_documents_every_setting() -> None:
     text = build_parser().format_help()
     for field in fields(Settings):
         assert "--" + field.name.replace("_", "-") in text, field.name
+
+
+def test_no_label_where_a_series_has_no_data(
+    base_study: StudyInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A segmenter that labels everything still leaves voxels outside any series' FOV unlabelled."""
+    card = json.loads((THRESHOLD_MODEL / "metadata.json").read_text())
+    card["network"]["rules"] = [{"channel": "t1n", "above": -1e9, "label": 2}]
+    (tmp_path / "everything").mkdir()
+    (tmp_path / "everything" / "metadata.json").write_text(json.dumps(card))
+    specs = [spec for spec in (s.spec for s in base_study.series)]
+    narrow = dataclasses.replace(specs[3], rows=24, columns=24)  # the FLAIR covers a quarter of the field
+    write_study(tmp_path / "in", phantom_with_lesion(seed=1), [*specs[:3], narrow], seed=9)
+    code, _, err = run_app(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
+                            str(tmp_path / "everything")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    flair_ml = 24 * 24 * 4.0 * 4.0 * 24 * 6.0 / 1000.0  # the FLAIR's own volume, as written
+    assert 0 < report["regions"]["WT"]["volume_ml"] <= flair_ml * 1.05
