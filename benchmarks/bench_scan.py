@@ -1,9 +1,10 @@
 """Forward selective-scan timings on the CPU: `.venv/bin/python benchmarks/bench_scan.py`.
 
 Each measurement runs in its own subprocess (so peak RSS is that path's own), float32,
-torch.set_num_threads(2), under torch.no_grad(), with D, z, delta_bias and softplus, and
+torch.set_num_threads(2) (--threads), under torch.no_grad(), with D, z, delta_bias and softplus, and
 realistic steps (delta_bias from dt in [1e-3, 0.1], A = -(1..N)). Times are the best of
-`--repeats` calls after one warm-up call (which includes numba's JIT compile or cache load).
+`--repeats` calls after one warm-up call (which includes numba's JIT compile or cache load);
+"CPU s" is the process CPU time of that call, all threads together.
 The reference loop is timed on a prefix of the sequence and extrapolated linearly.
 """
 
@@ -51,13 +52,13 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(path: str, length: int, dim: int, n_state: int, repeats: int) -> dict[str, float]:
+def measure(path: str, length: int, dim: int, n_state: int, repeats: int, threads: int) -> dict[str, float]:
     """Run one path in this process and return its timings."""
     sys.path.insert(0, str(ROOT))
     from segmamba.scan.chunked import chunked_scan
     from segmamba.scan.reference import reference_scan
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     run_len = min(length, REFERENCE_PREFIX) if path == "reference" else length
     inputs = make_inputs(run_len, dim, n_state)
     if path == "reference":
@@ -67,28 +68,32 @@ def measure(path: str, length: int, dim: int, n_state: int, repeats: int) -> dic
         def fn() -> torch.Tensor:
             return chunked_scan(**inputs, delta_softplus=True, use_kernel=path == "kernel")
     rss_inputs = rss_mb()
-    times = []
+    times, cpu_times = [], []
     with torch.no_grad():
         for _ in range(repeats + 1):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     scale = length / run_len
-    return {"first": times[0] * scale, "best": min(times[1:]) * scale, "rss_inputs_mb": rss_inputs,
+    return {"first": times[0] * scale, "best": min(times[1:]) * scale, "cpu": min(cpu_times[1:]) * scale,
+            "rss_inputs_mb": rss_inputs,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "scale": scale}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch (and numba) threads")
     parser.add_argument("--one", nargs=4, metavar=("PATH", "L", "E", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         path, *dims = args.one
-        print(json.dumps(measure(path, *map(int, dims), repeats=args.repeats)))
+        print(json.dumps(measure(path, *map(int, dims), repeats=args.repeats, threads=args.threads)))
         return
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes skew wall times)")
-    header = f"{'L':>8} {'E':>3} {'N':>3}  {'path':<48} {'seconds':>8} {'x ref':>7} {'first call':>10} " \
+    print(f"threads: {args.threads}; load average at start: {os.getloadavg()[0]:.2f} "
+          "(other processes skew wall times, tiny multi-threaded torch ops most)")
+    header = f"{'L':>8} {'E':>3} {'N':>3}  {'path':<48} {'seconds':>8} {'x ref':>7} {'CPU s':>7} {'first call':>10} " \
              f"{'inputs MB':>9} {'peak RSS MB':>11}"
     print(header)
     print("-" * len(header))
@@ -96,7 +101,7 @@ def main() -> None:
         ref_best = None
         for path, label in PATHS.items():
             repeats = 1 if path == "reference" else args.repeats
-            cmd = [sys.executable, __file__, "--repeats", str(repeats), "--one", path,
+            cmd = [sys.executable, __file__, "--repeats", str(repeats), "--threads", str(args.threads), "--one", path,
                    str(length), str(dim), str(n_state)]
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             ref_best = result["best"] if path == "reference" else ref_best
@@ -104,7 +109,8 @@ def main() -> None:
                 label = f"{label}: {REFERENCE_PREFIX} steps x{result['scale']:g}"
             ratio = f"{ref_best / result['best']:.1f}" if ref_best else "-"
             print(f"{length:>8} {dim:>3} {n_state:>3}  {label:<48} {result['best']:>8.3f} {ratio:>7} "
-                  f"{result['first']:>10.3f} {result['rss_inputs_mb']:>9.0f} {result['peak_rss_mb']:>11.0f}")
+                  f"{result['cpu']:>7.3f} {result['first']:>10.3f} {result['rss_inputs_mb']:>9.0f} "
+                  f"{result['peak_rss_mb']:>11.0f}")
 
 
 if __name__ == "__main__":
