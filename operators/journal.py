@@ -132,9 +132,23 @@ class Journal:
                     (now, record.size, record.study_uid),
                 )
                 if study["state"] != "receiving":
-                    self._audit(db, "late-instance", record.study_uid, None, record.calling_ae,
-                                f"{record.sop_uid} arrived after the study was queued; kept, not reprocessed")
+                    self._late_instance(db, record)
         return True
+
+    def _late_instance(self, db: sqlite3.Connection, record: InstanceRecord) -> None:
+        """An instance for a study that already has a job. A failed job is reopened (the missing part of
+        the study may just have arrived, e.g. a sender resuming after an outage): the study receives
+        again and will be queued anew. Otherwise the instance is kept and audited, not reprocessed,
+        so a study is never segmented (and sent) twice."""
+        job = db.execute("SELECT id, state FROM jobs WHERE study_uid = ?", (record.study_uid,)).fetchone()
+        if job is not None and job["state"] == "failed":
+            db.execute("UPDATE studies SET state = 'receiving' WHERE study_uid = ?", (record.study_uid,))
+            db.execute("UPDATE jobs SET state = 'reopened' WHERE id = ?", (job["id"],))
+            self._audit(db, "study-reopened", record.study_uid, job["id"], record.calling_ae,
+                        f"{record.sop_uid} arrived after the job failed; the study will be processed again")
+            return
+        self._audit(db, "late-instance", record.study_uid, None, record.calling_ae,
+                    f"{record.sop_uid} arrived after the study was queued; kept, not reprocessed")
 
     def receiving_studies(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM studies WHERE state = 'receiving' ORDER BY first_at")
@@ -154,10 +168,21 @@ class Journal:
             ).rowcount
             if not changed:
                 return None
-            job_id = db.execute(
-                "INSERT INTO jobs (study_uid, state, trigger, created_at) VALUES (?, 'ready', ?, ?)",
-                (study_uid, trigger, now),
-            ).lastrowid
+            reopened = db.execute(
+                "SELECT id FROM jobs WHERE study_uid = ? AND state = 'reopened'", (study_uid,)
+            ).fetchone()
+            if reopened is not None:
+                job_id = reopened["id"]
+                db.execute(
+                    "UPDATE jobs SET state = 'ready', attempts = 0, reason = NULL, trigger = ?, created_at = ?,"
+                    " not_before = 0, started_at = NULL, finished_at = NULL WHERE id = ?",
+                    (trigger, now, job_id),
+                )
+            else:
+                job_id = db.execute(
+                    "INSERT INTO jobs (study_uid, state, trigger, created_at) VALUES (?, 'ready', ?, ?)",
+                    (study_uid, trigger, now),
+                ).lastrowid
             self._audit(db, "job-queued", study_uid, job_id, "node", trigger)
         return int(job_id or 0)
 

@@ -65,6 +65,22 @@ def _record(sop: str, study: str = "1.2.3", size: int = 10) -> InstanceRecord:
     return InstanceRecord(sop, study, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.4", "MR", Path(f"/x/{sop}"), size, "MOD")
 
 
+def test_failed_study_reopens_when_more_instances_arrive(tmp_path: Path) -> None:
+    """A study processed too early (e.g. stable timeout during a sender outage) fails; the rest arriving
+    reopens it, and it is queued again under the same job."""
+    journal = Journal(tmp_path / "j.sqlite3", clock=Clock())
+    journal.record_instance(_record("1.1"))
+    job_id = journal.queue_study("1.2.3", "stable")
+    journal.claim_job()
+    journal.fail_job(job_id, "SeriesSelectionError: no t2f series")
+    assert journal.record_instance(_record("1.2"))
+    assert journal.receiving_studies()[0]["study_uid"] == "1.2.3"
+    assert journal.queue_study("1.2.3", "quiet") == job_id
+    job = journal.job(job_id)
+    assert (job["state"], job["attempts"], job["reason"]) == ("ready", 0, None)
+    assert "study-reopened" in [r["event"] for r in journal.query("SELECT event FROM audit")]
+
+
 def test_journal_states_and_outbox(tmp_path: Path) -> None:
     clock = Clock()
     journal = Journal(tmp_path / "j.sqlite3", clock=clock)
