@@ -1,4 +1,5 @@
-"""Shared fixtures. Project imports stay inside fixtures so one broken layer fails only its tests."""
+"""Shared fixtures. Project imports stay inside fixtures (but for the label table) so one broken layer
+fails only its tests."""
 
 from __future__ import annotations
 
@@ -10,18 +11,11 @@ from typing import Any
 
 import pytest
 
+from segmamba.export import LABELS as BRATS_SEGMENTS  # BraTS label meanings, as a model card gives them
+
 # ---------------------------------------------------------------------------------------------
 # Synthetic DICOM study with a known lesion (geometry path: phantom, study, volume, SEG).
 # ---------------------------------------------------------------------------------------------
-
-BRATS_SEGMENTS: list[dict[str, Any]] = [
-    {"label": 1, "name": "Necrotic tumour core",
-     "type": {"scheme": "SCT", "value": "6574001", "meaning": "Necrosis"}, "color": [230, 60, 60]},
-    {"label": 2, "name": "Peritumoral oedema",
-     "type": {"scheme": "SCT", "value": "79654002", "meaning": "Edema"}, "color": [90, 200, 90]},
-    {"label": 3, "name": "Enhancing tumour",
-     "type": {"scheme": "NCIt", "value": "C113842", "meaning": "Enhancing Lesion"}, "color": [250, 220, 60]},
-]
 
 # FLAIR series in each orientation, each with its own resolution and field of view.
 FLAIR_BY_ORIENTATION = {
@@ -104,3 +98,20 @@ def dciodvfy_errors() -> Callable[[Path], list[str]]:
         return [line for line in lines if line.startswith("Error")]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A small valid four-sequence study (48x48x24 series, flat folder); copy it before changing it."""
+    from app.synthetic_study import SeriesSpec, write_study
+    from segmamba.synthetic import Lesion, Phantom
+
+    small = dict(rows=48, columns=48, slices=24, pixel_spacing=(4.0, 4.0), slice_thickness=6.0)
+    specs = [
+        SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", **small),
+        SeriesSpec("t1c", "AX T1 POST GAD", "axial", **small),
+        SeriesSpec("t2w", "Ax T2 FSE", "axial", **small),
+        SeriesSpec("t2f", "Ax T2 FLAIR", "axial", **small),
+    ]
+    phantom = Phantom(center=(2.0, -8.0, 15.0), lesion=Lesion(center=(-26.0, 2.0, 36.0), radius=22.0, seed=1))
+    return write_study(tmp_path_factory.mktemp("small-study"), phantom, specs, seed=9)

@@ -138,16 +138,9 @@ def test_real_network_end_to_end(
 # --- bad input: one error line naming the study and the reason, non-zero exit, no partial output ---
 
 @pytest.fixture(scope="module")
-def base_study(tmp_path_factory: pytest.TempPathFactory) -> StudyInfo:
+def base_study(small_study: StudyInfo) -> StudyInfo:
     """A small valid study that each bad-input test copies and breaks."""
-    small = dict(rows=48, columns=48, slices=24, pixel_spacing=(4.0, 4.0), slice_thickness=6.0)
-    specs = [
-        SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", **small),
-        SeriesSpec("t1c", "AX T1 POST GAD", "axial", **small),
-        SeriesSpec("t2w", "Ax T2 FSE", "axial", **small),
-        SeriesSpec("t2f", "Ax T2 FLAIR", "axial", **small),
-    ]
-    return write_study(tmp_path_factory.mktemp("base"), phantom_with_lesion(seed=1), specs, seed=9)
+    return small_study
 
 
 def _copy(study: StudyInfo, target: Path) -> Path:

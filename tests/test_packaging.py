@@ -29,8 +29,6 @@ import pytest
 import yaml
 
 from app.config import Settings
-from app.synthetic_study import SeriesSpec, write_study
-from segmamba.synthetic import Lesion, Phantom
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGING = REPO / "packaging"
@@ -69,19 +67,9 @@ def context(built: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def study(small_study: Any) -> Path:
     """A small four-sequence brain MRI study (flat folder of DICOM files)."""
-    small = dict(rows=48, columns=48, slices=24, pixel_spacing=(4.0, 4.0), slice_thickness=6.0)
-    specs = [
-        SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", **small),
-        SeriesSpec("t1c", "AX T1 POST GAD", "axial", **small),
-        SeriesSpec("t2w", "Ax T2 FSE", "axial", **small),
-        SeriesSpec("t2f", "Ax T2 FLAIR", "axial", **small),
-    ]
-    phantom = Phantom(center=(2.0, -8.0, 15.0), lesion=Lesion(center=(-26.0, 2.0, 36.0), radius=22.0, seed=1))
-    folder = tmp_path_factory.mktemp("study") / "dicom"
-    write_study(folder, phantom, specs, seed=9)
-    return folder
+    return small_study.series[0].files[0].parent
 
 
 def dockerfile_lines(context: Path) -> list[str]:
