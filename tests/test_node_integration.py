@@ -104,8 +104,10 @@ def test_load_from_concurrent_senders(peers: Any, base: Any, tmp_path: Path) -> 
     wait_for(lambda: set(studies) <= set(segs_by_study(orthanc)), 60 + 15 * LOAD_STUDIES, "every SEG in Orthanc")
     counts = segs_by_study(orthanc)
     assert [counts[uid] for uid in studies] == [1] * LOAD_STUDIES, "0 lost, 0 duplicated"
-    sent = node.journal_rows("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")[0][0]
-    assert sent == len(counts)
+    # Orthanc stores a SEG a moment before the node journals the acknowledgement: wait for both.
+    wait_for(lambda: node.journal_rows("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")[0][0] == len(counts),
+             30, "every acknowledgement journalled")
+    assert node.journal_rows("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")[0][0] == len(counts)
 
 
 def _bad_studies(base: Any, root: Path) -> dict[str, Path]:
