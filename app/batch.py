@@ -19,8 +19,6 @@ def load_model(settings: Settings) -> tuple[ModelCard, Segmenter]:
     """Read the model card and build its segmenter (weights loaded once, for every later study)."""
     card = load_model_card(settings.models)
     log.info("model %s %s from %s (%s)", card.name, card.version, card.folder, card.intended_use or "no stated use")
-    if card.network_type == "threshold":
-        return card, build_segmenter(card)
     segmenter = build_segmenter(
         card, device=settings.device, sw_batch_size=settings.sw_batch_size, mirror_tta=settings.mirror_tta,
         progress=settings.progress,
