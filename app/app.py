@@ -64,7 +64,9 @@ class SegmentationApp(Application):
         build_input = _TimedModelInput(
             self, card=self.card, reference_role=settings.reference_role, name="build_model_input"
         )
-        infer = _TimedSegmentation(self, segmenter=self.segmenter, name="infer")
+        infer = _TimedSegmentation(
+            self, segmenter=self.segmenter, postprocessing=self.card.postprocessing, name="infer"
+        )
         write = _TimedWriter(
             self, card=self.card, output_dir=Path(settings.output), stage_times=self.stage_times, name="write_results"
         )

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.model_card import Postprocessing
 from operators.model_input import ModelInput
 from operators.segmenters import Segmenter
+from segmamba.postprocess import remove_small_tumours
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,14 @@ class SegmentationOperator(Operator):
     """Runs the segmenter on the model input (MONAI Deploy operator).
 
     Input ``model_input``; output ``prediction``. The segmenter (and its weights) is created once,
-    by the application, and reused for every study this process handles.
+    by the application, and reused for every study this process handles. Labels are cleared where
+    a series has no data, then the model card's postprocessing is applied.
     """
 
-    def __init__(self, fragment: Fragment, *args: Any, segmenter: Segmenter, **kwargs: Any) -> None:
+    def __init__(self, fragment: Fragment, *args: Any, segmenter: Segmenter,
+                 postprocessing: Postprocessing | None = None, **kwargs: Any) -> None:
         self.segmenter = segmenter
+        self.postprocessing = postprocessing or Postprocessing()
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -43,6 +48,10 @@ class SegmentationOperator(Operator):
         log.info("segmenting study %s, input %s", model_input.study_uid, model_input.image.shape)
         labels = self.segmenter(model_input.image)
         labels[~model_input.valid] = 0  # no label where a series has no data
+        voxel_ml = abs(float(np.linalg.det(model_input.grid_affine[:3, :3]))) / 1000.0
+        labels, removed = remove_small_tumours(labels, voxel_ml, self.postprocessing.min_tumour_ml)
+        if removed:
+            log.info("removed %d tumour component(s) under %.2f mL", removed, self.postprocessing.min_tumour_ml)
         counts = np.bincount(labels.ravel(), minlength=1)
         log.info("labels found (voxels per label on the model grid): %s", dict(enumerate(counts.tolist())))
         op_output.emit(Prediction(labels=labels, model_input=model_input), "prediction")

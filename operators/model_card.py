@@ -10,8 +10,11 @@ Everything model-specific lives in the card, nothing in the operators::
       "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
                     "sw_batch_size": 1, "mirror_tta": false},
       "labels": [{"label": 1, "name": ..., "type": {"scheme", "value", "meaning"}, "color": [r, g, b]}, ...],
+      "postprocessing": {"min_tumour_ml": 0.0},
       "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
     }
+
+``postprocessing.min_tumour_ml`` removes whole-tumour components smaller than this (mL); 0 keeps all.
 
 ``network.type`` "threshold" is a deterministic segmenter (intensity rules on the model input)
 used to test geometry independently of model quality; it is never a clinical model.
@@ -57,6 +60,13 @@ class InferenceSettings:
 
 
 @dataclass(frozen=True)
+class Postprocessing:
+    """Clean-up of the predicted labels on the model grid."""
+
+    min_tumour_ml: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A parsed model card and the folder it came from."""
 
@@ -71,6 +81,7 @@ class ModelCard:
     inference: InferenceSettings
     labels: tuple[dict[str, Any], ...]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
 
     @property
     def network_type(self) -> str:
@@ -129,6 +140,12 @@ def load_model_card(path: Path) -> ModelCard:
     inference_fields = dict(card.get("inference", {}))
     if "roi_size" in inference_fields:
         inference_fields["roi_size"] = tuple(inference_fields["roi_size"])
+    try:
+        postprocessing = Postprocessing(**card.get("postprocessing", {}))
+    except TypeError as error:
+        raise ModelCardError(f"{card_path}: postprocessing: {error}") from error
+    if postprocessing.min_tumour_ml < 0:
+        raise ModelCardError(f"{card_path}: postprocessing.min_tumour_ml must be >= 0")
     labels = tuple(_require(card, "labels", list, card_path))
     for entry in labels:
         if not {"label", "name", "type", "color"} <= set(entry):
@@ -145,6 +162,7 @@ def load_model_card(path: Path) -> ModelCard:
         inference=InferenceSettings(**inference_fields),
         labels=labels,
         regions={k: tuple(v) for k, v in card.get("regions", {}).items()},
+        postprocessing=postprocessing,
     )
     if model.weights_path is not None and not model.weights_path.is_file():
         raise ModelCardError(f"{card_path}: weights file {model.weights_path.name} not found in {folder}")

@@ -146,14 +146,16 @@ def load_model_folder(folder: Path, device: torch.device | None = None) -> tuple
 
 def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | None = None,
                    save_dir: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run a model folder on BraTS-layout cases (uncropped grid restored) and score them."""
+    """Run a model folder on BraTS-layout cases (uncropped grid restored, card postprocessing) and score them."""
     from tqdm import tqdm
 
     from segmamba.data import find_cases, load_case, preprocess
+    from segmamba.postprocess import remove_small_tumours
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, card = load_model_folder(model_folder, device)
     inference = card.get("inference", {})
+    min_tumour_ml = card.get("postprocessing", {}).get("min_tumour_ml", 0.0)
     cases = [c for c in find_cases(data_dir) if names is None or c.name in set(names)]
     rows = []
     for case in tqdm(cases, desc="evaluate", disable=not progress):
@@ -164,6 +166,8 @@ def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | No
         pred = np.zeros(raw["image"].shape[1:], dtype=np.uint8)
         pred[box] = sliding_window_predict(model, image, inference.get("roi_size", [128, 128, 128]),
                                            inference.get("overlap", 0.5), inference.get("sw_batch_size", 1), device)
+        voxel_ml = float(np.prod(raw["spacing"])) / 1000.0
+        pred, _ = remove_small_tumours(pred, voxel_ml, float(min_tumour_ml))
         if save_dir is not None:
             import nibabel as nib
 

@@ -42,7 +42,7 @@ def _recipe(config: dict[str, Any]) -> str:
 
 def export_model(checkpoint: Path, out: Path, *, name: str, version: str, description: str, intended_use: str,
                  overlap: float = 0.5, sw_batch_size: int = 1, mirror_tta: bool = False, float16: bool = True,
-                 extra_metrics: dict[str, Any] | None = None) -> Path:
+                 min_tumour_ml: float = 0.0, extra_metrics: dict[str, Any] | None = None) -> Path:
     """Write ``out/metadata.json`` and ``out/model.pt`` from a `segmamba.train` checkpoint."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     weights = {k: (v.half() if float16 and v.is_floating_point() else v).contiguous()
@@ -70,6 +70,7 @@ def export_model(checkpoint: Path, out: Path, *, name: str, version: str, descri
         "preprocessing": {"spacing_mm": 1.0, "crop_foreground": True, "normalize": "zscore_nonzero"},
         "inference": {"roi_size": [patch] * 3, "overlap": overlap, "mode": "gaussian",
                       "sw_batch_size": sw_batch_size, "mirror_tta": mirror_tta},
+        "postprocessing": {"min_tumour_ml": min_tumour_ml},
         "labels": LABELS,
         "regions": {k: list(v) for k, v in REGIONS.items()},
         "training": {
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw-batch-size", type=int, default=1)
     parser.add_argument("--mirror-tta", action="store_true")
+    parser.add_argument("--min-tumour-ml", type=float, default=0.0,
+                        help="drop whole-tumour components smaller than this (mL) after inference")
     parser.add_argument("--float32", action="store_true", help="keep float32 weights")
     parser.add_argument("--metrics-json", type=Path, help="evaluate --json output to record as held-out metrics")
     args = parser.parse_args(argv)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     out = export_model(args.checkpoint, args.out, name=args.name, version=args.version, description=args.description,
                        intended_use=DEMO_INTENDED_USE if args.demo else args.intended_use, overlap=args.overlap,
                        sw_batch_size=args.sw_batch_size, mirror_tta=args.mirror_tta, float16=not args.float32,
-                       extra_metrics=extra)
+                       min_tumour_ml=args.min_tumour_ml, extra_metrics=extra)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"wrote {out} ({size:.1f} MB)")
 

@@ -1,30 +1,14 @@
-"""Place a DICOM SEG in patient space from its own headers and compare it with the phantom."""
+"""Compare a DICOM SEG, placed in patient space by its own headers, with the phantom."""
 
 from __future__ import annotations
 
 import numpy as np
 import pydicom
 
+from app.seg_reader import seg_points
 from segmamba.synthetic import Phantom
 
-
-def seg_points(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World points (LPS) of every pixel of every frame, from the SEG's own functional groups,
-    with the frame's segment number and its pixel values: (frames, rows, cols, 3), (frames,), pixels."""
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
-    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
-    rows, columns = np.meshgrid(np.arange(seg.Rows), np.arange(seg.Columns), indexing="ij")
-    offsets = (columns[..., None] * column_spacing * orientation[:3]
-               + rows[..., None] * row_spacing * orientation[3:])
-    positions, segment_numbers = [], []
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        positions.append(np.array(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float))
-        identification = frame if "SegmentIdentificationSequence" in frame else shared
-        segment_numbers.append(int(identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
-    points = np.stack(positions)[:, None, None, :] + offsets[None]
-    pixels = seg.pixel_array.reshape(len(positions), seg.Rows, seg.Columns)
-    return points, np.array(segment_numbers), pixels
+__all__ = ["seg_dice", "seg_points"]
 
 
 def seg_dice(
