@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Sub-commands: 'python -m app demo --help' writes a synthetic study and segments it; "
+            "'python -m app evaluate --help' scores the model on held-out synthetic studies through the DICOM path; "
             "'python -m app serve --help' runs the DICOM node (receive, segment, send back), with the settings "
             + ", ".join(option for option, _type, _help in NODE_OPTIONS) + "."
         ),
@@ -101,6 +102,26 @@ def build_demo_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dir", type=Path, default=Path("demo"), help="where input/ and output/ go (default ./demo)")
     parser.add_argument("--seed", type=int, default=2026, help="seed of the synthetic study")
+    _setting_options(parser)
+    return parser
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app evaluate",
+        description="Score the model through the whole DICOM path on held-out synthetic studies (four orientations, "
+                    "cycled): Dice and HD95 per region (WT, TC, ET) on the reference series grid, volumes, a summary "
+                    "table; writes DIR/cases.csv and DIR/summary.json.",
+    )
+    parser.add_argument("--dir", type=Path, default=Path("runs/dicom-eval"),
+                        help="output folder (default runs/dicom-eval)")
+    parser.add_argument("--cases", type=int, default=20, help="number of studies (default 20)")
+    parser.add_argument("--seed", type=int, default=7000,
+                        help="seed of the first study; then seed+1, ... (default 7000)")
+    parser.add_argument("--anatomy", choices=("mni152", "phantom"), default="mni152",
+                        help="synthetic head: MNI152 template anatomy (default) or the analytic phantom")
+    parser.add_argument("--scale", type=float, default=1.0, help="coarsen every series' voxels by this factor")
+    parser.add_argument("--keep-studies", action="store_true", help="keep the written DICOM studies")
     _setting_options(parser)
     return parser
 
@@ -156,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = bool(argv) and argv[0] == "demo"
     if argv and argv[0] == "serve":
         return _serve(build_serve_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "evaluate":
+        return _evaluate(build_evaluate_parser().parse_args(argv[1:]))
     args = (build_demo_parser() if demo else build_parser()).parse_args(argv[1:] if demo else argv)
     settings: Settings | None = None
     try:
@@ -183,6 +206,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected failure")  # a bug, not bad input: keep the traceback
         return _fail(error, settings)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """``python -m app evaluate``: print the summary table; exit 0 unless the evaluation itself failed."""
+    try:
+        settings = load_settings(args.config, overrides=_overrides(args))
+    except ConfigError as error:
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    _configure_logging(settings.log_level)
+    from app.evaluation import run_evaluation
+
+    summary = run_evaluation(settings, args.cases, args.seed, args.dir, anatomy_kind=args.anatomy, scale=args.scale,
+                             keep=args.keep_studies)
+    print(summary["table"])
+    if summary["failed"]:
+        print(f"studies rejected by the application (scored 0): {', '.join(summary['failed'])}")
+    print(f"per case: {args.dir / 'cases.csv'}; summary: {args.dir / 'summary.json'}")
     return 0
 
 

@@ -1,0 +1,228 @@
+"""``python -m app evaluate``: held-out synthetic studies through the whole DICOM path, scored.
+
+Each case is a random synthetic head (seeded; tumour or not) written as a DICOM MR study in one of
+four orientations (axial, sagittal, coronal, oblique; cycled over the cases) with per-series
+resolution, slice thickness and field of view, plus a localizer and a DWI series. The application
+segments it exactly as in production (load, select series, resample, infer, write DICOM-SEG); the
+SEG is read back by its own headers onto the reference (T1c) series grid and compared with the
+true labels on that grid: Dice and HD95 per BraTS region (BraTS empty-mask convention, see
+segmamba.evaluate), and the volumes in mL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pydicom
+
+from app.config import Settings
+from app.seg_reader import seg_on_grid
+from app.synthetic_study import SeriesSpec, truth_labels, write_study
+from operators.errors import StudyError
+from segmamba.evaluate import REGIONS, format_summary, region_metrics, summarize
+
+log = logging.getLogger("app.evaluation")
+
+ORIENTATIONS = ("axial", "sagittal", "coronal", "oblique")
+REFERENCE_DESCRIPTION = "T1 POST GAD 3D"
+FOV_MM = 240.0  # in-plane field of view of every series
+SLAB_MM = 220.0  # extent covered across the slices
+
+
+class Anatomy(Protocol):
+    """What the DICOM encoder needs of a synthetic head (Phantom and TemplateHead both fit)."""
+
+    center: tuple[float, float, float]
+
+    def sample(self, points_lps: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def render(self, shape: tuple[int, int, int], affine: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def random_anatomy(kind: str, seed: int) -> Anatomy:
+    """The synthetic head of a case: ``mni152`` (template anatomy) or ``phantom`` (analytic)."""
+    from segmamba import synthetic
+
+    rng = np.random.default_rng(seed)
+    if kind == "phantom":
+        return synthetic.random_phantom(rng)
+    if kind == "mni152":
+        return synthetic.random_template_head(rng)
+    raise ValueError(f"unknown anatomy {kind!r} (mni152 or phantom)")
+
+
+def _series(contrast: str, description: str, orientation: str, tilt: tuple[float, float, float],
+            in_plane_mm: float, thickness_mm: float, gap_mm: float, scale: float) -> SeriesSpec:
+    """A series covering FOV_MM in-plane and SLAB_MM across slices (``scale`` coarsens it for tests)."""
+    pixel = in_plane_mm * scale
+    spacing = (thickness_mm + gap_mm) * scale
+    matrix = round(FOV_MM / pixel)
+    return SeriesSpec(
+        contrast, description, "axial" if orientation == "oblique" else orientation,  # type: ignore[arg-type]
+        tilt_deg=tilt, rows=matrix, columns=matrix, slices=round(SLAB_MM / spacing),
+        pixel_spacing=(pixel, pixel), slice_thickness=thickness_mm * scale,
+        slice_spacing=spacing if gap_mm else None,
+    )
+
+
+def case_protocol(orientation: str, rng: np.random.Generator, scale: float = 1.0) -> list[SeriesSpec]:
+    """A clinical-like protocol in one orientation: 3D T1c (the reference, ~1 mm), 3D T1, 2D T2 and FLAIR.
+
+    ``oblique`` tilts every series of the case by the same random angles (up to 20 degrees per axis).
+    """
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}")
+    tilt = tuple(float(v) for v in rng.uniform(-20.0, 20.0, size=3)) if orientation == "oblique" else (0.0, 0.0, 0.0)
+    name = orientation.upper()[:3]
+    return [
+        _series("t1c", REFERENCE_DESCRIPTION, orientation, tilt, float(rng.uniform(0.9, 1.0)),
+                float(rng.uniform(0.9, 1.0)), 0.0, scale),
+        _series("t1n", f"T1 MPRAGE {name}", orientation, tilt, float(rng.uniform(0.9, 1.2)),
+                float(rng.uniform(1.0, 1.2)), 0.0, scale),
+        _series("t2w", f"T2 TSE {name}", orientation, tilt, float(rng.uniform(0.6, 1.0)),
+                float(rng.uniform(3.0, 5.0)), float(rng.uniform(0.0, 1.0)), scale),
+        _series("t2f", f"T2 FLAIR {name}", orientation, tilt, float(rng.uniform(0.8, 1.1)),
+                float(rng.uniform(3.0, 5.0)), float(rng.uniform(0.0, 1.0)), scale),
+        SeriesSpec("t1n", "3-Plane Loc", kind="localizer", rows=128, columns=128, pixel_spacing=(2.0, 2.0),
+                   slice_thickness=8.0),
+        SeriesSpec("t2w", "Ax DWI", kind="dwi", rows=64, columns=64, slices=20, pixel_spacing=(3.6, 3.6),
+                   slice_thickness=5.0, slice_spacing=6.0),
+    ]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One scored case (``error`` set when the application rejected the study)."""
+
+    case: str
+    seed: int
+    orientation: str
+    metrics: dict[str, float]
+    volumes_ml: dict[str, dict[str, float]]
+    seconds: float
+    error: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """Flat CSV row: case, orientation, Dice_*/HD95_*, true/segmented mL per region, seconds, error."""
+        row: dict[str, Any] = {"case": self.case, "seed": self.seed, "orientation": self.orientation}
+        row.update({k: round(v, 4) for k, v in self.metrics.items()})
+        for region, volumes in self.volumes_ml.items():
+            row[f"true_ml_{region}"] = round(volumes["true"], 2)
+            row[f"segmented_ml_{region}"] = round(volumes["segmented"], 2)
+        row.update(seconds=round(self.seconds, 1), error=self.error)
+        return row
+
+
+def _failed_metrics() -> dict[str, float]:
+    from segmamba.evaluate import EMPTY_HD95_MM
+
+    return {key: value for region in REGIONS for key, value in
+            ((f"Dice_{region}", 0.0), (f"HD95_{region}", EMPTY_HD95_MM))}
+
+
+def score_case(seg_path: Path, truth: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray,
+               label_values: Sequence[int]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Metrics and volumes of a written SEG against the true labels on the reference grid."""
+    seg = pydicom.dcmread(seg_path)
+    predicted = seg_on_grid(seg, shape, affine, {n: v for n, v in enumerate(label_values, start=1)})
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    volumes = {region: {"true": float(np.isin(truth, labels).sum()) * voxel_ml,
+                        "segmented": float(np.isin(predicted, labels).sum()) * voxel_ml}
+               for region, labels in REGIONS.items()}
+    return region_metrics(predicted, truth, tuple(float(s) for s in spacing)), volumes
+
+
+def evaluate_case(settings: Settings, process: Callable[[Path, Path], Path], label_values: Sequence[int],
+                  index: int, seed: int, anatomy_kind: str, work_dir: Path, scale: float = 1.0,
+                  keep: bool = False) -> CaseResult:
+    """Write, segment and score case ``index`` (orientation ORIENTATIONS[index % 4]).
+
+    ``process(input_dir, output_dir)`` runs the application and returns the SEG path.
+    """
+    orientation = ORIENTATIONS[index % len(ORIENTATIONS)]
+    name = f"SYN-DICOM-{seed:05d}"
+    rng = np.random.default_rng([seed, 1])
+    anatomy = random_anatomy(anatomy_kind, seed)
+    case_dir = work_dir / name
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    started = time.perf_counter()
+    study = write_study(case_dir / "input", anatomy, case_protocol(orientation, rng, scale), seed=seed,
+                        patient_id=f"SYN{seed:05d}", shuffle_files=True)
+    reference = study.by_description(REFERENCE_DESCRIPTION)
+    assert reference.shape is not None and reference.affine is not None
+    truth = truth_labels(anatomy, reference)
+    try:
+        seg_path = process(case_dir / "input", case_dir / "output")
+    except (StudyError, ValueError, OSError) as error:  # the study was rejected: scored as missed
+        log.error("case %s (%s): %s", name, orientation, error)
+        return CaseResult(name, seed, orientation, _failed_metrics(), {}, time.perf_counter() - started, str(error))
+    finally:
+        if not keep:
+            shutil.rmtree(case_dir / "input", ignore_errors=True)
+    metrics, volumes = score_case(seg_path, truth, reference.shape, reference.affine, label_values)
+    return CaseResult(name, seed, orientation, metrics, volumes, time.perf_counter() - started)
+
+
+def orientation_table(results: Sequence[CaseResult]) -> str:
+    """Mean Dice per region for each orientation."""
+    lines = [f"{'orientation':<12}{'cases':>6}" + "".join(f"{'Dice_' + r:>10}" for r in REGIONS)]
+    for orientation in ORIENTATIONS:
+        chosen = [r for r in results if r.orientation == orientation]
+        if chosen:
+            means = [np.mean([r.metrics[f"Dice_{region}"] for r in chosen]) for region in REGIONS]
+            lines.append(f"{orientation:<12}{len(chosen):>6}" + "".join(f"{m:>10.4f}" for m in means))
+    return "\n".join(lines)
+
+
+def run_evaluation(settings: Settings, cases: int, seed: int, out_dir: Path, anatomy_kind: str = "mni152",
+                   scale: float = 1.0, keep: bool = False) -> dict[str, Any]:
+    """Evaluate ``cases`` studies (seeds seed, seed+1, ...); writes cases.csv and summary.json to out_dir."""
+    from app.batch import load_model, process_study
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card, segmenter = load_model(settings)
+    label_values = [int(entry["label"]) for entry in card.labels]
+
+    def process(input_dir: Path, output_dir: Path) -> Path:
+        files, _ = process_study(settings, card, segmenter, input_dir, output_dir)
+        return files.segmentation
+
+    results = []
+    for index in range(cases):
+        result = evaluate_case(settings, process, label_values, index, seed + index, anatomy_kind, out_dir,
+                               scale=scale, keep=keep)
+        log.info("case %s (%s): %s", result.case, result.orientation,
+                 " ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.startswith("Dice")))
+        results.append(result)
+    rows = [r.row() for r in results]
+    with open(out_dir / "cases.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "model": f"{card.name} {card.version}",
+        "anatomy": anatomy_kind,
+        "cases": cases,
+        "seeds": [seed, seed + cases - 1],
+        "failed": [r.case for r in results if r.error],
+        "metrics": summarize([{k: v for k, v in r.metrics.items()} for r in results]),
+        "by_orientation": {
+            o: {f"Dice_{region}": float(np.mean([r.metrics[f"Dice_{region}"] for r in results if r.orientation == o]))
+                for region in REGIONS}
+            for o in ORIENTATIONS if any(r.orientation == o for r in results)
+        },
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["table"] = format_summary(summary["metrics"], cases) + "\n\n" + orientation_table(results)
+    return summary
