@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 from monai import transforms as mt
+from monai.utils import convert_data_type, convert_to_dst_type
+from scipy import ndimage
 
 CHANNEL_ORDER: tuple[str, ...] = ("t2w", "t2f", "t1n", "t1c")
 MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
@@ -106,8 +108,70 @@ def read_split(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def train_transforms(patch_size: Sequence[int], foreground_fraction: float = 1 / 3) -> mt.Compose:
-    """Random patch (foreground oversampling) + nnU-Net-style spatial and intensity augmentation."""
+def simulate_thick_slices(channel: np.ndarray, axis: int, thickness: float, spacing: float, phase: float) -> np.ndarray:
+    """What resampling a 2D series (slices ``thickness`` thick, ``spacing`` apart along ``axis``) to 1 mm gives.
+
+    Each slice averages ``thickness`` voxels of the 1 mm signal (box profile); the value between slice
+    centres is linear in the two nearest slices, constant beyond the first and last (as the application's
+    linear resampling does). ``phase`` is the first slice centre (voxels from index 0).
+    """
+    smoothed = ndimage.uniform_filter1d(channel, size=max(1, round(thickness)), axis=axis, mode="nearest")
+    length = channel.shape[axis]
+    centres = np.arange(phase, length - 1e-6, spacing)
+    if centres.size < 2:
+        return smoothed
+    shape = [1] * channel.ndim
+    shape[axis] = -1
+    positions = np.arange(length, dtype=np.float64)
+    slices = ndimage.map_coordinates(
+        smoothed, np.meshgrid(*[np.arange(n) if a != axis else centres for a, n in enumerate(channel.shape)],
+                              indexing="ij"), order=1, mode="nearest")
+    lower = np.clip(np.searchsorted(centres, positions, side="right") - 1, 0, centres.size - 2)
+    weight = np.clip((positions - centres[lower]) / spacing, 0.0, 1.0).reshape(shape)
+    below = np.take(slices, lower, axis=axis)
+    above = np.take(slices, lower + 1, axis=axis)
+    return (below * (1.0 - weight) + above * weight).astype(channel.dtype, copy=False)
+
+
+class RandThickSlicesd(mt.RandomizableTransform, mt.MapTransform):
+    """Per image channel (with ``channel_prob``): simulate a thick-slice 2D acquisition along a random axis.
+
+    Clinical T2 and FLAIR series are often 3-6 mm slices; the application resamples them to the 1 mm
+    model grid. Training on 1 mm volumes only would never show the network that blur.
+    """
+
+    def __init__(self, keys: str, prob: float = 0.3, channel_prob: float = 0.5,
+                 thickness: tuple[float, float] = (2.5, 6.0), gap: tuple[float, float] = (0.0, 1.0)) -> None:
+        mt.RandomizableTransform.__init__(self, prob)
+        mt.MapTransform.__init__(self, keys)
+        self.channel_prob = channel_prob
+        self.thickness = thickness
+        self.gap = gap
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = np.array(convert_data_type(d[key], np.ndarray, dtype=np.float32)[0])
+            for c in range(image.shape[0]):
+                if self.R.random() >= self.channel_prob:
+                    continue
+                axis = int(self.R.randint(0, 3))
+                thickness = float(self.R.uniform(*self.thickness))
+                spacing = thickness + float(self.R.uniform(*self.gap))
+                image[c] = simulate_thick_slices(image[c], axis, thickness, spacing, float(self.R.uniform(0, spacing)))
+            d[key] = convert_to_dst_type(image, d[key])[0]
+        return d
+
+
+def train_transforms(patch_size: Sequence[int], foreground_fraction: float = 1 / 3,
+                     thick_slice_prob: float = 0.0) -> mt.Compose:
+    """Random patch (foreground oversampling) + nnU-Net-style spatial and intensity augmentation.
+
+    ``thick_slice_prob`` > 0 adds `RandThickSlicesd` (not in the reference recipe; for clinical 2D series).
+    """
     keys = ["image", "label"]
     pos = max(foreground_fraction, 1e-6)
     return mt.Compose([
@@ -120,6 +184,7 @@ def train_transforms(patch_size: Sequence[int], foreground_fraction: float = 1 /
         mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
         mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
         mt.RandFlipd(keys, prob=0.5, spatial_axis=2),
+        RandThickSlicesd("image", prob=thick_slice_prob),
         mt.RandGaussianNoised("image", prob=0.1, std=0.1),
         mt.RandGaussianSmoothd("image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
         mt.RandScaleIntensityd("image", factors=0.25, prob=0.15),
@@ -133,10 +198,10 @@ class PatchDataset:
     """Random training patches from in-memory preprocessed cases (one patch per item)."""
 
     def __init__(self, cases: Sequence[dict[str, Any]], patch_size: Sequence[int], length: int,
-                 foreground_fraction: float = 1 / 3, seed: int = 0) -> None:
+                 foreground_fraction: float = 1 / 3, seed: int = 0, thick_slice_prob: float = 0.0) -> None:
         self.cases = list(cases)
         self.length = length
-        self.transform = train_transforms(patch_size, foreground_fraction)
+        self.transform = train_transforms(patch_size, foreground_fraction, thick_slice_prob)
         self.transform.set_random_state(seed=seed)
         self.rng = np.random.default_rng(seed)
 

@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("ce", "dicece"), default="ce",
                    help="ce: cross-entropy (reference); dicece: + soft Dice (nnU-Net), learns small classes sooner")
     p.add_argument("--foreground-fraction", type=float, default=1 / 3)
+    p.add_argument("--thick-slice-prob", type=float, default=0.0,
+                   help="probability of simulating thick 2D slices in a patch (0: off, as the reference recipe)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     p.add_argument("--val-cases", type=int, default=0, help="validate on the first N val cases (0: all)")
     p.add_argument("--val-overlap", type=float, default=0.5)
@@ -212,7 +214,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(start_epoch, args.epochs):
         model.train()
         dataset = PatchDataset(train_cases, [args.patch] * 3, args.iters_per_epoch * args.batch_size,
-                               args.foreground_fraction, seed=args.seed * 100003 + epoch)
+                               args.foreground_fraction, seed=args.seed * 100003 + epoch,
+                               thick_slice_prob=args.thick_slice_prob)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
         losses, started = [], time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=quiet, unit="it")
