@@ -42,7 +42,8 @@ def _recipe(config: dict[str, Any]) -> str:
 
 def export_model(checkpoint: Path, out: Path, *, name: str, version: str, description: str, intended_use: str,
                  overlap: float = 0.5, sw_batch_size: int = 1, mirror_tta: bool = False, float16: bool = True,
-                 min_tumour_ml: float = 0.0, extra_metrics: dict[str, Any] | None = None) -> Path:
+                 min_tumour_ml: float = 0.0, extra_metrics: dict[str, Any] | None = None,
+                 dicom_metrics: dict[str, Any] | None = None) -> Path:
     """Write ``out/metadata.json`` and ``out/model.pt`` from a `segmamba.train` checkpoint."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     weights = {k: (v.half() if float16 and v.is_floating_point() else v).contiguous()
@@ -59,6 +60,8 @@ def export_model(checkpoint: Path, out: Path, *, name: str, version: str, descri
     }
     if extra_metrics:
         validation["held_out"] = extra_metrics
+    if dicom_metrics:
+        validation["held_out_dicom_path"] = {k: v for k, v in dicom_metrics.items() if k != "table"}
     card = {
         "name": name,
         "version": version,
@@ -101,12 +104,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="drop whole-tumour components smaller than this (mL) after inference")
     parser.add_argument("--float32", action="store_true", help="keep float32 weights")
     parser.add_argument("--metrics-json", type=Path, help="evaluate --json output to record as held-out metrics")
+    parser.add_argument("--dicom-metrics-json", type=Path,
+                        help="summary.json of 'python -m app evaluate' (held-out studies through the DICOM path)")
     args = parser.parse_args(argv)
     extra = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
+    dicom = json.loads(args.dicom_metrics_json.read_text()) if args.dicom_metrics_json else None
     out = export_model(args.checkpoint, args.out, name=args.name, version=args.version, description=args.description,
                        intended_use=DEMO_INTENDED_USE if args.demo else args.intended_use, overlap=args.overlap,
                        sw_batch_size=args.sw_batch_size, mirror_tta=args.mirror_tta, float16=not args.float32,
-                       min_tumour_ml=args.min_tumour_ml, extra_metrics=extra)
+                       min_tumour_ml=args.min_tumour_ml, extra_metrics=extra, dicom_metrics=dicom)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"wrote {out} ({size:.1f} MB)")
 

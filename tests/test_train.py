@@ -95,14 +95,19 @@ def test_exported_folder_loads_in_the_application(run_dir: Path, tmp_path: Path)
     from segmamba import SegMamba, load_checkpoint
     from segmamba.export import DEMO_INTENDED_USE, export_model
 
+    dicom_summary = {"cases": 20, "metrics": {"Dice_WT": {"mean": 0.9}}, "table": "printed only"}
     folder = export_model(run_dir / "best.pt", tmp_path / "model", name="tiny", version="0.0.1",
-                          description="test", intended_use=DEMO_INTENDED_USE)
+                          description="test", intended_use=DEMO_INTENDED_USE, min_tumour_ml=0.5,
+                          dicom_metrics=dicom_summary)
+    recorded = json.loads((folder / "metadata.json").read_text())["validation"]["held_out_dicom_path"]
+    assert recorded == {"cases": 20, "metrics": {"Dice_WT": {"mean": 0.9}}}
     weights = torch.load(folder / "model.pt", map_location="cpu")
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     card = load_model_card(folder)
     assert card.inference.roi_size == (32, 32, 32) and card.intended_use == DEMO_INTENDED_USE
     assert card.channel_order == ("t2w", "t2f", "t1n", "t1c")
     assert card.regions == {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+    assert card.postprocessing.min_tumour_ml == 0.5
     # float16 weights load strictly into the float32 network, equal to the checkpoint up to rounding.
     model = SegMamba(**card.network["args"])
     load_checkpoint(model, folder / "model.pt")
