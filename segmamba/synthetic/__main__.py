@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="range of the head size relative to an adult head")
     parser.add_argument("--lesion-radius", type=float, nargs=2, default=CaseConfig.lesion_radius_mm,
                         help="range of the lesion's outer radius (mm)")
+    parser.add_argument("--anatomy", choices=("mni152", "phantom"), default=CaseConfig.anatomy,
+                        help="MNI152 template head (nilearn's bundled maps) or the analytic ellipsoid phantom")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     args = parser.parse_args(argv)
-    config = CaseConfig(tumour_probability=args.tumour_probability,
+    config = CaseConfig(anatomy=args.anatomy, tumour_probability=args.tumour_probability,
                         skull_strip_probability=args.skull_strip_probability,
                         head_scale=tuple(args.head_scale), lesion_radius_mm=tuple(args.lesion_radius))
     start = time.perf_counter()

@@ -1,10 +1,11 @@
 """Random BraTS-like cases from a seed, and a writer for the BraTS 2023 NIfTI layout.
 
-Each case is the analytic `Phantom` with random head size/position and an optional random
-`Lesion` (position inside the brain, size, shape, inner structure), rendered on a 1 mm grid with
-per-contrast random tissue contrast, intensity scale, smooth multiplicative bias field,
-partial-volume blur and noise (zero or Rician background), optionally skull-stripped. The same
-seed always gives the same case, bit for bit.
+Each case is an anatomy with an optional random `Lesion` (position inside the brain, size,
+shape, inner structure): by default a `TemplateHead` (MNI152 anatomy, randomly deformed, with its
+own per-scan appearance), or the analytic `Phantom` with random head size/position. It is
+rendered on a 1 mm grid with per-contrast random tissue contrast, intensity scale, smooth
+multiplicative bias field, partial-volume blur and noise (zero or Rician background), optionally
+skull-stripped. The same seed always gives the same case, bit for bit.
 
 Arrays are indexed [i, j, k] on a grid whose affine maps voxel indices to LPS mm (the project's
 convention). NIfTI stores RAS world coordinates, so the written affine is diag(-1, -1, 1) @ LPS
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
 from segmamba.synthetic.phantom import _LESION_SIGNAL, _TISSUE_SIGNAL, CONTRASTS, Lesion, Phantom, Tissue, grid_points
+from segmamba.synthetic.template import TemplateHead, random_template_head
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 BRATS_SUFFIXES: tuple[str, ...] = (*CONTRASTS, "seg")
@@ -28,8 +31,13 @@ INTENSITY_SCALE = 1000.0  # full signal (1.0) -> stored value before the per-sca
 
 @dataclass(frozen=True)
 class CaseConfig:
-    """Ranges and probabilities of the random case generator."""
+    """Ranges and probabilities of the random case generator.
 
+    anatomy "mni152" draws a `TemplateHead` (head_scale is then its scale per axis), "phantom"
+    the analytic ellipsoid head; rotation_deg, elastic_mm and mass_effect* apply to "mni152" only.
+    """
+
+    anatomy: Literal["mni152", "phantom"] = "mni152"
     tumour_probability: float = 0.85
     skull_strip_probability: float = 0.25
     noisy_background_probability: float = 0.5
@@ -42,19 +50,25 @@ class CaseConfig:
     noise_sigma: tuple[float, float] = (0.0, 0.035)
     blur_sigma_mm: tuple[float, float] = (0.0, 1.2)
     margin_mm: float = 6.0
+    rotation_deg: float = 10.0
+    elastic_mm: tuple[float, float] = (0.0, 4.0)
+    mass_effect_probability: float = 0.5
+    mass_effect: tuple[float, float] = (0.1, 0.35)
 
 
 @dataclass(frozen=True)
 class SyntheticCase:
-    """One rendered case: contrasts (float32), BraTS label map (uint8) and the LPS affine."""
+    """One rendered case: contrasts (float32), BraTS label map (uint8), the LPS affine, its anatomy
+    and the intracranial mask (bool) of the grid."""
 
     name: str
     seed: int
     images: dict[str, np.ndarray]
     label: np.ndarray
     affine_lps: np.ndarray
-    phantom: Phantom
+    anatomy: Phantom | TemplateHead
     skull_stripped: bool
+    brain: np.ndarray
 
     @property
     def affine_ras(self) -> np.ndarray:
@@ -91,11 +105,10 @@ def random_phantom(rng: np.random.Generator, config: CaseConfig = CaseConfig()) 
     return Phantom(center=tuple(float(v) for v in center), radii=tuple(float(v) for v in radii), lesion=lesion)
 
 
-def _grid(phantom: Phantom, rng: np.random.Generator, margin_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
-    """1 mm axis-aligned grid (i -> L, j -> P, k -> S) covering the head, slightly off-centre."""
-    half = np.asarray(phantom.radii) + margin_mm
-    shape = tuple(int(v) for v in np.ceil(2.0 * half))
-    grid_center = np.asarray(phantom.center) + rng.uniform(-margin_mm / 2, margin_mm / 2, size=3)
+def _grid(box: np.ndarray, rng: np.random.Generator, margin_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """1 mm axis-aligned grid (i -> L, j -> P, k -> S) covering a (2, 3) LPS box, slightly off-centre."""
+    shape = tuple(int(v) for v in np.ceil(box[1] - box[0] + 2.0 * margin_mm))
+    grid_center = box.mean(axis=0) + rng.uniform(-margin_mm / 2, margin_mm / 2, size=3)
     affine = np.eye(4)
     affine[:3, 3] = grid_center - (np.asarray(shape) - 1) / 2.0
     return shape, affine  # type: ignore[return-value]
@@ -114,9 +127,14 @@ def _bias_field(shape: tuple[int, int, int], rng: np.random.Generator, amplitude
 
 def generate_case(seed: int, config: CaseConfig = CaseConfig(), name: str | None = None) -> SyntheticCase:
     """The case of `seed`: deterministic, independent of any other case."""
+    if config.anatomy == "mni152":
+        return _template_case(seed, config, name)
+    if config.anatomy != "phantom":
+        raise ValueError(f"unknown anatomy {config.anatomy!r}")
     rng = np.random.default_rng(seed)
     phantom = random_phantom(rng, config)
-    shape, affine = _grid(phantom, rng, config.margin_mm)
+    center, radii = np.asarray(phantom.center), np.asarray(phantom.radii)
+    shape, affine = _grid(np.array([center - radii, center + radii]), rng, config.margin_mm)
     points = grid_points(shape, affine)
     tissue = phantom.tissue(points)
     label = np.zeros(shape, dtype=np.uint8)
@@ -148,8 +166,39 @@ def generate_case(seed: int, config: CaseConfig = CaseConfig(), name: str | None
         scale = INTENSITY_SCALE * float(rng.uniform(*config.intensity_scale))
         images[contrast] = (signal * scale).astype(np.float32)
     return SyntheticCase(
-        name=name or case_name(seed), seed=seed, images=images, label=label, affine_lps=affine, phantom=phantom,
-        skull_stripped=skull_stripped,
+        name=name or case_name(seed), seed=seed, images=images, label=label, affine_lps=affine, anatomy=phantom,
+        skull_stripped=skull_stripped, brain=tissue >= Tissue.CSF,
+    )
+
+
+def _template_case(seed: int, config: CaseConfig, name: str | None) -> SyntheticCase:
+    """A `TemplateHead` case: the head carries contrast, bias and scale; the scan adds blur and noise."""
+    rng = np.random.default_rng(seed)
+    head = random_template_head(rng, config)
+    shape, affine = _grid(head.bounds(), rng, config.margin_mm)
+    fields = head.render_fields(shape, affine)
+    brain = fields["intracranial"] >= 0.5
+    skull_stripped = bool(rng.random() < config.skull_strip_probability)
+    noisy_background = bool(rng.random() < config.noisy_background_probability) and not skull_stripped
+    inside = brain if skull_stripped else fields["head"] >= 0.5
+    images: dict[str, np.ndarray] = {}
+    for contrast in CONTRASTS:
+        signal = np.where(inside, fields.pop(contrast), np.float32(0.0))
+        sigma = rng.uniform(*config.blur_sigma_mm, size=3)
+        if sigma.max() > 0.05:
+            signal = ndimage.gaussian_filter(signal, sigma=sigma, mode="constant", truncate=3.0)
+        noise = np.float32(rng.uniform(*config.noise_sigma))
+        real = signal + noise * rng.standard_normal(size=shape, dtype=np.float32)
+        if noisy_background:
+            imaginary = noise * rng.standard_normal(size=shape, dtype=np.float32)
+            signal = np.sqrt(real * real + imaginary * imaginary)
+        else:
+            signal = np.where(inside, np.abs(real), np.float32(0.0))
+        images[contrast] = signal * np.float32(INTENSITY_SCALE)
+    label = np.where(brain, fields["label"], 0).astype(np.uint8)
+    return SyntheticCase(
+        name=name or case_name(seed), seed=seed, images=images, label=label, affine_lps=affine, anatomy=head,
+        skull_stripped=skull_stripped, brain=brain,
     )
 
 
