@@ -164,16 +164,6 @@ def test_chunked_gradients_match_reference(dtype: torch.dtype, tol: float) -> No
         assert ((g - e).norm() / e.norm()).item() <= tol, name
 
 
-def test_chunked_uses_torch_path_when_grad_is_needed() -> None:
-    inputs = cast(make_inputs(1, 2, 4, 9, seed=7), torch.float32)
-    inputs["u"].requires_grad_(True)
-    assert selective_scan(**inputs).requires_grad
-    with pytest.raises(RuntimeError, match="numba kernel"):
-        chunked_scan(**inputs, use_kernel=True)
-    with torch.no_grad():
-        assert not chunked_scan(**inputs, use_kernel=True).requires_grad
-
-
 def test_cpu_kernel_exp_accuracy() -> None:
     import numba
     import numpy as np
@@ -226,3 +216,84 @@ def test_auto_selection_and_registration_seam(monkeypatch: pytest.MonkeyPatch) -
     assert registry.resolve("auto", inputs["u"].double()).name == "chunked"  # not accepted: fallback
     with pytest.raises(ValueError, match="reserved"):
         register_backend("auto", fake)
+
+
+def kernel_and_reference_grads(inputs: Inputs, upstream: torch.Tensor) -> tuple[list, list]:
+    """Gradients of the present inputs: the kernel (float32) and the reference (float64)."""
+    names = [k for k in NAMES if inputs[k] is not None]
+
+    def grads(fn: Callable[..., torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        kw = {k: v.detach().to(dtype).clone().requires_grad_(k in names) if isinstance(v, torch.Tensor) else v
+              for k, v in inputs.items()}
+        torch.autograd.backward(fn(**kw), upstream.to(dtype))
+        return [kw[k].grad.double() for k in names]
+
+    return grads(lambda **kw: chunked_scan(**kw, use_kernel=True), torch.float32), grads(reference_scan, torch.float64)
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("batch,length,every", [(1, 1, 4), (2, 37, 8), (3, 64, 16), (2, 150, None)])
+@pytest.mark.parametrize("large", [False, True], ids=["small-steps", "large-steps"])
+def test_kernel_gradients_match_reference(option: str, batch: int, length: int, every: int | None, large: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numba backward, every input, ragged chunks (L not a multiple of the checkpoint interval)."""
+    from segmamba.scan import cpu_kernel
+
+    if every is not None:
+        monkeypatch.setattr(cpu_kernel, "CHECKPOINT_INTERVAL", every)
+    inputs = make_inputs(batch, 5, 16, length, large=large, seed=length + batch, **OPTIONS[option])
+    upstream = torch.randn(batch, 5, length, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got, expected = kernel_and_reference_grads(inputs, upstream)
+    names = [k for k in NAMES if inputs[k] is not None]
+    for name, g, e in zip(names, got, expected, strict=True):  # (A's is 0 for L = 1)
+        assert (g - e).norm().item() <= 1e-4 * e.norm().item() + 1e-12, name
+
+
+def test_kernel_gradients_on_network_layouts() -> None:
+    """Transposed views in, a half-precision u: gradients still reach every leaf in its layout."""
+    inputs = make_inputs(2, 6, 16, 90, seed=8)
+    for key in ("delta", "z", "B", "C"):
+        inputs[key] = inputs[key].transpose(1, 2).contiguous().transpose(1, 2)
+    upstream = torch.randn(2, 6, 90, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    got, expected = kernel_and_reference_grads(inputs, upstream)
+    for name, g, e in zip(NAMES, got, expected, strict=True):
+        assert g.shape == e.shape and ((g - e).norm() / e.norm()).item() <= 1e-4, name
+
+
+def test_chunked_picks_kernel_for_cpu_float32_with_grad() -> None:
+    inputs = cast(make_inputs(1, 2, 4, 9, seed=7), torch.float32)
+    inputs["u"].requires_grad_(True)
+    assert "KernelScan" in type(selective_scan(**inputs).grad_fn).__name__
+    assert "KernelScan" not in type(chunked_scan(**inputs, use_kernel=False).grad_fn).__name__
+    as64 = cast(inputs, torch.float64)
+    as64["u"].requires_grad_(True)
+    assert "KernelScan" not in type(chunked_scan(**as64).grad_fn).__name__
+    with pytest.raises(RuntimeError, match="numba kernels"):
+        chunked_scan(**as64, use_kernel=True)
+    with torch.no_grad():
+        assert not chunked_scan(**inputs, use_kernel=True).requires_grad
+
+
+def test_training_step_gradients_kernel_vs_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One loss.backward() of a tiny SegMamba: the kernel's parameter gradients are the torch path's."""
+    from segmamba.model import SegMamba
+    from segmamba.scan import cpu_kernel
+
+    torch.manual_seed(0)
+    model = SegMamba(in_chans=2, out_chans=3, feat_size=[8, 16, 32, 64], hidden_size=128, nslices=[16, 8, 4, 2])
+    image = torch.randn(1, 2, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+    label = torch.randint(0, 3, (1, 32, 32, 32), generator=torch.Generator().manual_seed(4))
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(image), label).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with_kernel = grads()
+    monkeypatch.setattr(cpu_kernel, "kernel_available", lambda: False)
+    with_torch = grads()
+    assert with_kernel.keys() == with_torch.keys()
+    assert any(".mamba.A_s_log" in n for n in with_kernel)  # the encoder's scans are trained
+    for name, g in with_kernel.items():
+        ref = with_torch[name]
+        assert torch.allclose(g, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item() + 1e-8), name

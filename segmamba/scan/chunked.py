@@ -2,8 +2,10 @@
 
 Two implementations behind one entry point, chosen automatically:
 
-* the numba kernel (`cpu_kernel.scan_forward`) when no gradient is needed, the tensors are
-  on the CPU, the compute dtype is float32 and numba imports: one fused pass, fastest;
+* the numba kernels when the tensors are on the CPU, the compute dtype is float32 and numba
+  imports: `cpu_kernel.scan_forward` (one fused pass) when no gradient is needed, else
+  `cpu_kernel.scan_with_grad` (the same forward saving chunk-start states, and a fused
+  reverse-time backward kernel);
 * otherwise a differentiable torch path (any device, float32 or float64, autograd).
 
 The torch path splits the sequence into chunks of `chunk_size` positions and walks it in
@@ -45,25 +47,24 @@ def chunked_scan(
 ) -> Tensor:
     """Selective scan with Mamba-1 semantics; see `segmamba.scan.selective_scan`.
 
-    use_kernel: None picks the numba kernel whenever it applies (see module docstring);
-    False forces the torch path; True requires the kernel (RuntimeError if it cannot run).
+    use_kernel: None picks the numba kernels whenever they apply (see module docstring);
+    False forces the torch path; True requires the kernels (RuntimeError if they cannot run).
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype = compute_dtype(u)
     d = discretize_delta(delta, delta_bias, delta_softplus, dtype)
-    kernel_ok = _kernel_applies(u, dtype, (u, delta, A, B, C, D, z, delta_bias))
+    kernel_ok = cpu_kernel.kernel_available() and u.device.type == "cpu" and dtype == torch.float32
     if use_kernel and not kernel_ok:
-        raise RuntimeError("the numba kernel needs numba, CPU float32 tensors and no autograd")
+        raise RuntimeError("the numba kernels need numba and CPU float32 (or half) tensors")
     if kernel_ok and use_kernel is not False:
+        tensors = (u, delta, A, B, C, D, z, delta_bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            f32 = [None if t is None else t.to(dtype) for t in (u, A, B, C, D, z)]
+            return cpu_kernel.scan_with_grad(f32[0], d, *f32[1:]).to(u.dtype)
         return cpu_kernel.scan_forward(u, d, A, B, C, D, z).to(u.dtype)
     uc = u.to(dtype)
     y = _torch_scan(uc, d, A.to(dtype), B.to(dtype), C.to(dtype), chunk_size, segment_chunks)
     return epilogue(y, uc, D, z, u.dtype)
-
-
-def _kernel_applies(u: Tensor, dtype: torch.dtype, tensors: tuple[Tensor | None, ...]) -> bool:
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return cpu_kernel.kernel_available() and u.device.type == "cpu" and dtype == torch.float32 and not needs_grad
 
 
 def _torch_scan(u: Tensor, d: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, seg_chunks: int) -> Tensor:
