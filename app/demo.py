@@ -1,4 +1,4 @@
-"""``python -m app demo``: a synthetic brain MRI study with a known tumour, segmented end to end."""
+"""``python -m app demo``: a synthetic brain MRI study (MNI152 anatomy, known tumour), segmented end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from app.batch import run_batch
 from app.config import Settings
 from app.synthetic_study import SeriesSpec, truth_labels, write_study
-from segmamba.synthetic import Lesion, Phantom
+from segmamba.synthetic import CaseConfig, random_template_head
 
 log = logging.getLogger("app.demo")
 
@@ -21,11 +21,11 @@ log = logging.getLogger("app.demo")
 DEMO_PROTOCOL = (
     SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", rows=192, columns=176, slices=144,
                pixel_spacing=(1.2, 1.2), slice_thickness=1.2),
-    SeriesSpec("t1c", "AX T1 POST GAD", "axial", rows=192, columns=160, slices=56,
+    SeriesSpec("t1c", "AX T1 POST GAD", "axial", rows=208, columns=176, slices=64,
                pixel_spacing=(1.1, 1.1), slice_thickness=3.0),
-    SeriesSpec("t2w", "Ax T2 FSE", "axial", rows=176, columns=144, slices=40,
+    SeriesSpec("t2w", "Ax T2 FSE", "axial", rows=192, columns=160, slices=44,
                pixel_spacing=(1.2, 1.2), slice_thickness=4.0, slice_spacing=4.4),
-    SeriesSpec("t2f", "Ax T2 FLAIR", "axial", tilt_deg=(8.0, 0.0, 0.0), rows=176, columns=144, slices=40,
+    SeriesSpec("t2f", "Ax T2 FLAIR", "axial", tilt_deg=(8.0, 0.0, 0.0), rows=192, columns=160, slices=48,
                pixel_spacing=(1.2, 1.2), slice_thickness=4.0),
     SeriesSpec("t1n", "3-Plane Loc", kind="localizer", rows=128, columns=128, pixel_spacing=(2.0, 2.0),
                slice_thickness=8.0),
@@ -36,19 +36,16 @@ DEMO_PROTOCOL = (
 
 def run_demo(settings: Settings, seed: int) -> dict[str, Any]:
     """Write the demo study into ``settings.input``, segment it, and compare volumes with the truth."""
-    rng = np.random.default_rng(seed)
-    lesion = Lesion(center=(float(rng.uniform(-35, -20)), float(rng.uniform(-10, 20)), float(rng.uniform(25, 45))),
-                    radius=float(rng.uniform(18, 26)), seed=seed)
-    phantom = Phantom(center=(0.0, -10.0, 20.0), lesion=lesion)
+    head = random_template_head(seed, CaseConfig(tumour_probability=1.0, lesion_radius_mm=(18.0, 26.0)))
     if settings.input.exists():
         shutil.rmtree(settings.input)
-    study = write_study(settings.input, phantom, list(DEMO_PROTOCOL), seed=seed, shuffle_files=True)
+    study = write_study(settings.input, head, list(DEMO_PROTOCOL), seed=seed, shuffle_files=True)
     log.info("wrote synthetic study %s to %s", study.study_instance_uid, settings.input)
 
     files, times = run_batch(settings)
     report = json.loads(files.report.read_text())
     reference = study.by_description(DEMO_PROTOCOL[1].description)
-    truth = truth_labels(phantom, reference)
+    truth = truth_labels(head, reference)
     voxel_ml = abs(float(np.linalg.det(reference.affine[:3, :3]))) / 1000.0
     regions = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
     comparison = {

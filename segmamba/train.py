@@ -10,9 +10,11 @@ Every ``--val-every`` epochs: Dice and HD95 per region (WT, TC, ET) on the valid
 sliding-window inference. RUN_DIR gets split.json, last.pt (resumable), best.pt (best mean
 Dice), metrics.csv and curves.png.
 
-``--freeze-encoder`` keeps the Mamba encoder (``vit``) at its seeded initialisation and trains
-the convolutional encoder/decoder only: the scans then run without autograd, which makes a
-small CPU-only demo training feasible. It is not the reference recipe.
+The whole network trains on CPU too: the scans' gradients come from numba kernels (segmamba.scan).
+``--freeze-encoder`` keeps the Mamba encoder (``vit``) at its seeded initialisation and trains the
+convolutional encoder/decoder only (about 1.7x faster per step on CPU; not the reference recipe).
+``--thick-slice-prob`` adds an augmentation outside the reference recipe: patches where some
+channels look like thick 2D slices resampled to 1 mm, as clinical T2/FLAIR series arrive.
 """
 
 from __future__ import annotations
