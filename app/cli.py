@@ -209,14 +209,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    """``python -m app evaluate``: print the summary table; exit 0 unless the evaluation itself failed."""
+def _sub_command_settings(args: argparse.Namespace) -> Settings | None:
+    """Settings of a sub-command with logging configured; None (after one ERROR line) if they are invalid."""
     try:
         settings = load_settings(args.config, overrides=_overrides(args))
     except ConfigError as error:
         print(f"ERROR configuration: {error}", file=sys.stderr)
-        return EXIT_STUDY_FAILED
+        return None
     _configure_logging(settings.log_level)
+    return settings
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """``python -m app evaluate``: print the summary table; exit 0 unless the evaluation itself failed."""
+    settings = _sub_command_settings(args)
+    if settings is None:
+        return EXIT_STUDY_FAILED
     from app.evaluation import run_evaluation
 
     summary = run_evaluation(settings, args.cases, args.seed, args.dir, anatomy_kind=args.anatomy, scale=args.scale,
@@ -230,12 +238,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """``python -m app serve``: run the node until SIGTERM/SIGINT."""
-    try:
-        settings = load_settings(args.config, overrides=_overrides(args))
-    except ConfigError as error:
-        print(f"ERROR configuration: {error}", file=sys.stderr)
+    settings = _sub_command_settings(args)
+    if settings is None:
         return EXIT_STUDY_FAILED
-    _configure_logging(settings.log_level)
     from app.node.service import serve
 
     try:
