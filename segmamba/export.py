@@ -19,7 +19,7 @@ import torch
 from segmamba.data import CHANNEL_ORDER
 from segmamba.evaluate import EMPTY_HD95_MM, REGIONS
 
-DEMO_INTENDED_USE = "Demonstration only - trained on synthetic phantoms - NOT FOR CLINICAL USE"
+DEMO_INTENDED_USE = "Demonstration only - trained on synthetic data - NOT FOR CLINICAL USE"
 WEIGHTS_NAME = "model.pt"
 LABELS: list[dict[str, Any]] = [
     {"label": 1, "name": "Necrotic tumour core",
