@@ -145,8 +145,13 @@ def load_model_folder(folder: Path, device: torch.device | None = None) -> tuple
 
 
 def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | None = None,
-                   save_dir: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run a model folder on BraTS-layout cases (uncropped grid restored, card postprocessing) and score them."""
+                   save_dir: Path | None = None, progress: bool = True,
+                   sweep_min_tumour_ml: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Run a model folder on BraTS-layout cases (uncropped grid restored, card postprocessing) and score them.
+
+    ``sweep_min_tumour_ml`` scores each case once per postprocessing threshold instead of the card's
+    (rows gain a ``min_tumour_ml`` column): how a card's value is chosen on a validation split.
+    """
     from tqdm import tqdm
 
     from segmamba.data import find_cases, load_case, preprocess
@@ -167,6 +172,12 @@ def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | No
         pred[box] = sliding_window_predict(model, image, inference.get("roi_size", [128, 128, 128]),
                                            inference.get("overlap", 0.5), inference.get("sw_batch_size", 1), device)
         voxel_ml = float(np.prod(raw["spacing"])) / 1000.0
+        if sweep_min_tumour_ml is not None:
+            for threshold in sweep_min_tumour_ml:
+                cleaned, _ = remove_small_tumours(pred, voxel_ml, float(threshold))
+                rows.append({"case": case.name, "min_tumour_ml": float(threshold),
+                             **region_metrics(cleaned, raw["label"][0], raw["spacing"])})
+            continue
         pred, _ = remove_small_tumours(pred, voxel_ml, float(min_tumour_ml))
         if save_dir is not None:
             import nibabel as nib
@@ -195,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-pred", type=Path, help="write the model's predictions here")
     parser.add_argument("--csv", type=Path, help="write per-case metrics to this CSV")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
+    parser.add_argument("--sweep-min-tumour-ml", type=float, nargs="+", metavar="ML",
+                        help="with --model: score each postprocessing threshold (mL) instead of the card's")
     args = parser.parse_args(argv)
     if args.pred and args.truth:
         rows = evaluate_folders(args.pred, args.truth)
@@ -204,7 +217,16 @@ def main(argv: list[str] | None = None) -> int:
             from segmamba.data import read_split
 
             names = read_split(args.split)[args.subset]
-        rows = evaluate_model(args.model, args.data, names, args.save_pred)
+        rows = evaluate_model(args.model, args.data, names, args.save_pred,
+                              sweep_min_tumour_ml=args.sweep_min_tumour_ml)
+        if args.sweep_min_tumour_ml:
+            for threshold in args.sweep_min_tumour_ml:
+                chosen = [{k: v for k, v in r.items() if k != "min_tumour_ml"} for r in rows
+                          if r["min_tumour_ml"] == threshold]
+                means = summarize(chosen)
+                print(f"min_tumour_ml {threshold:g}: mean " + " ".join(
+                    f"{k}={means[k]['mean']:.4f}" for k in ("Dice_WT", "Dice_TC", "Dice_ET")))
+            return 0
     else:
         parser.error("give --pred and --truth, or --model and --data")
     if not rows:

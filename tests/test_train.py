@@ -132,6 +132,10 @@ def test_evaluate_runs_a_model_folder(run_dir: Path, tiny_data: Path, tmp_path: 
     assert [r["case"] for r in rows] == split["val"]
     assert all(0.0 <= r["Dice_WT"] <= 1.0 for r in rows)
     assert (tmp_path / "pred" / f"{split['val'][0]}.nii.gz").is_file()
+    swept = evaluate_model(folder, tiny_data, split["val"], progress=False, sweep_min_tumour_ml=[0.0, 1e9])
+    assert [(r["case"], r["min_tumour_ml"]) for r in swept] == [(c, t) for c in split["val"] for t in (0.0, 1e9)]
+    # A threshold above any tumour empties every prediction: Dice is 1 on empty truths and 0 elsewhere.
+    assert all(r["Dice_WT"] in (0.0, 1.0) for r in swept if r["min_tumour_ml"] == 1e9)
 
 
 def test_shipped_demo_model_segments_a_synthetic_lesion() -> None:
