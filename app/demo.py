@@ -12,6 +12,8 @@ import numpy as np
 from app.batch import run_batch
 from app.config import Settings
 from app.synthetic_study import SeriesSpec, truth_labels, write_study
+from operators.volume import voxel_volume_ml
+from segmamba.evaluate import REGIONS
 from segmamba.synthetic import CaseConfig, random_template_head
 
 log = logging.getLogger("app.demo")
@@ -46,12 +48,11 @@ def run_demo(settings: Settings, seed: int) -> dict[str, Any]:
     report = json.loads(files.report.read_text())
     reference = study.by_description(DEMO_PROTOCOL[1].description)
     truth = truth_labels(head, reference)
-    voxel_ml = abs(float(np.linalg.det(reference.affine[:3, :3]))) / 1000.0
-    regions = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+    voxel_ml = voxel_volume_ml(reference.affine)
     comparison = {
         name: {"segmented_ml": round(report["regions"][name]["volume_ml"], 1),
                "true_ml": round(float(np.isin(truth, labels).sum()) * voxel_ml, 1)}
-        for name, labels in regions.items() if name in report["regions"]
+        for name, labels in REGIONS.items() if name in report["regions"]
     }
     return {
         "study": study.study_instance_uid,

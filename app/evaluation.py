@@ -11,7 +11,6 @@ segmamba.evaluate), and the volumes in mL.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
@@ -28,7 +27,8 @@ from app.config import Settings
 from app.seg_reader import seg_on_grid
 from app.synthetic_study import SeriesSpec, truth_labels, write_study
 from operators.errors import StudyError
-from segmamba.evaluate import REGIONS, format_summary, region_metrics, summarize
+from operators.volume import voxel_volume_ml
+from segmamba.evaluate import EMPTY_HD95_MM, REGIONS, format_summary, region_metrics, summarize, write_csv
 
 log = logging.getLogger("app.evaluation")
 
@@ -123,8 +123,6 @@ class CaseResult:
 
 
 def _failed_metrics() -> dict[str, float]:
-    from segmamba.evaluate import EMPTY_HD95_MM
-
     return {key: value for region in REGIONS for key, value in
             ((f"Dice_{region}", 0.0), (f"HD95_{region}", EMPTY_HD95_MM))}
 
@@ -133,9 +131,9 @@ def score_case(seg_path: Path, truth: np.ndarray, shape: tuple[int, int, int], a
                label_values: Sequence[int]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Metrics and volumes of a written SEG against the true labels on the reference grid."""
     seg = pydicom.dcmread(seg_path)
-    predicted = seg_on_grid(seg, shape, affine, {n: v for n, v in enumerate(label_values, start=1)})
+    predicted = seg_on_grid(seg, shape, affine, dict(enumerate(label_values, start=1)))
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    voxel_ml = voxel_volume_ml(affine)
     volumes = {region: {"true": float(np.isin(truth, labels).sum()) * voxel_ml,
                         "segmented": float(np.isin(predicted, labels).sum()) * voxel_ml}
                for region, labels in REGIONS.items()}
@@ -174,14 +172,23 @@ def evaluate_case(settings: Settings, process: Callable[[Path, Path], Path], lab
     return CaseResult(name, seed, orientation, metrics, volumes, time.perf_counter() - started)
 
 
-def orientation_table(results: Sequence[CaseResult]) -> str:
-    """Mean Dice per region for each orientation."""
-    lines = [f"{'orientation':<12}{'cases':>6}" + "".join(f"{'Dice_' + r:>10}" for r in REGIONS)]
+def dice_by_orientation(results: Sequence[CaseResult]) -> dict[str, tuple[int, dict[str, float]]]:
+    """For each orientation present: how many cases, and their mean Dice per region."""
+    table: dict[str, tuple[int, dict[str, float]]] = {}
     for orientation in ORIENTATIONS:
         chosen = [r for r in results if r.orientation == orientation]
         if chosen:
-            means = [np.mean([r.metrics[f"Dice_{region}"] for r in chosen]) for region in REGIONS]
-            lines.append(f"{orientation:<12}{len(chosen):>6}" + "".join(f"{m:>10.4f}" for m in means))
+            table[orientation] = (len(chosen), {f"Dice_{region}": float(np.mean([r.metrics[f"Dice_{region}"]
+                                                                                for r in chosen]))
+                                                for region in REGIONS})
+    return table
+
+
+def orientation_table(by_orientation: dict[str, tuple[int, dict[str, float]]]) -> str:
+    """Mean Dice per region for each orientation, as text."""
+    lines = [f"{'orientation':<12}{'cases':>6}" + "".join(f"{'Dice_' + r:>10}" for r in REGIONS)]
+    for orientation, (count, means) in by_orientation.items():
+        lines.append(f"{orientation:<12}{count:>6}" + "".join(f"{m:>10.4f}" for m in means.values()))
     return "\n".join(lines)
 
 
@@ -205,24 +212,17 @@ def run_evaluation(settings: Settings, cases: int, seed: int, out_dir: Path, ana
         log.info("case %s (%s): %s", result.case, result.orientation,
                  " ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k.startswith("Dice")))
         results.append(result)
-    rows = [r.row() for r in results]
-    with open(out_dir / "cases.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv([r.row() for r in results], out_dir / "cases.csv")
+    by_orientation = dice_by_orientation(results)
     summary = {
         "model": f"{card.name} {card.version}",
         "anatomy": anatomy_kind,
         "cases": cases,
         "seeds": [seed, seed + cases - 1],
         "failed": [r.case for r in results if r.error],
-        "metrics": summarize([{k: v for k, v in r.metrics.items()} for r in results]),
-        "by_orientation": {
-            o: {f"Dice_{region}": float(np.mean([r.metrics[f"Dice_{region}"] for r in results if r.orientation == o]))
-                for region in REGIONS}
-            for o in ORIENTATIONS if any(r.orientation == o for r in results)
-        },
+        "metrics": summarize([r.metrics for r in results]),
+        "by_orientation": {orientation: means for orientation, (_count, means) in by_orientation.items()},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    summary["table"] = format_summary(summary["metrics"], cases) + "\n\n" + orientation_table(results)
+    summary["table"] = format_summary(summary["metrics"], cases) + "\n\n" + orientation_table(by_orientation)
     return summary

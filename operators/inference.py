@@ -12,6 +12,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from operators.model_card import Postprocessing
 from operators.model_input import ModelInput
 from operators.segmenters import Segmenter
+from operators.volume import voxel_volume_ml
 from segmamba.postprocess import remove_small_tumours
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class SegmentationOperator(Operator):
         log.info("segmenting study %s, input %s", model_input.study_uid, model_input.image.shape)
         labels = self.segmenter(model_input.image)
         labels[~model_input.valid] = 0  # no label where a series has no data
-        voxel_ml = abs(float(np.linalg.det(model_input.grid_affine[:3, :3]))) / 1000.0
+        voxel_ml = voxel_volume_ml(model_input.grid_affine)
         labels, removed = remove_small_tumours(labels, voxel_ml, self.postprocessing.min_tumour_ml)
         if removed:
             log.info("removed %d tumour component(s) under %.2f mL", removed, self.postprocessing.min_tumour_ml)

@@ -21,7 +21,7 @@ from operators.inference import Prediction
 from operators.model_card import ModelCard
 from operators.report import build_report, write_preview, write_report
 from operators.seg_writer import SegmentSpec, write_segmentation
-from operators.volume import ImageVolume, resample_to_grid
+from operators.volume import ImageVolume, resample_to_grid, voxel_volume_ml
 
 SEG_NAME = "segmentation.dcm"
 REPORT_NAME = "report.json"
@@ -63,9 +63,8 @@ def write_results(
             labels, model_input.reference_datasets, [SegmentSpec.from_dict(entry) for entry in card.labels],
             card.name, card.version, staging / SEG_NAME, series_description=f"{card.name} segmentation",
         )
-        voxel_ml = abs(float(np.linalg.det(reference.affine[:3, :3]))) / 1000.0
         report = build_report(
-            labels, voxel_ml, card.label_names, card.regions,
+            labels, voxel_volume_ml(reference.affine), card.label_names, card.regions,
             model={"name": card.name, "version": card.version, "intended_use": card.intended_use},
             input_series=model_input.selection.to_dict(), study_uid=model_input.study_uid, timings=dict(timings or {}),
         )

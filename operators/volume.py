@@ -48,6 +48,11 @@ class ImageVolume:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
 
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume (mL) of one voxel of a grid with this affine."""
+    return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+
 def _series_name(datasets: list[pydicom.Dataset]) -> str:
     first = datasets[0] if datasets else pydicom.Dataset()
     description = first.get("SeriesDescription", "")
