@@ -108,6 +108,15 @@ def read_split(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def _interpolate_along(values: np.ndarray, knots: np.ndarray, targets: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation along ``axis`` from samples at increasing ``knots`` to ``targets`` (clamped ends)."""
+    lower = np.clip(np.searchsorted(knots, targets, side="right") - 1, 0, knots.size - 2)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    weight = np.clip((targets - knots[lower]) / (knots[lower + 1] - knots[lower]), 0.0, 1.0).reshape(shape)
+    return np.take(values, lower, axis=axis) * (1.0 - weight) + np.take(values, lower + 1, axis=axis) * weight
+
+
 def simulate_thick_slices(channel: np.ndarray, axis: int, thickness: float, spacing: float, phase: float) -> np.ndarray:
     """What resampling a 2D series (slices ``thickness`` thick, ``spacing`` apart along ``axis``) to 1 mm gives.
 
@@ -120,17 +129,9 @@ def simulate_thick_slices(channel: np.ndarray, axis: int, thickness: float, spac
     centres = np.arange(phase, length - 1e-6, spacing)
     if centres.size < 2:
         return smoothed
-    shape = [1] * channel.ndim
-    shape[axis] = -1
     positions = np.arange(length, dtype=np.float64)
-    slices = ndimage.map_coordinates(
-        smoothed, np.meshgrid(*[np.arange(n) if a != axis else centres for a, n in enumerate(channel.shape)],
-                              indexing="ij"), order=1, mode="nearest")
-    lower = np.clip(np.searchsorted(centres, positions, side="right") - 1, 0, centres.size - 2)
-    weight = np.clip((positions - centres[lower]) / spacing, 0.0, 1.0).reshape(shape)
-    below = np.take(slices, lower, axis=axis)
-    above = np.take(slices, lower + 1, axis=axis)
-    return (below * (1.0 - weight) + above * weight).astype(channel.dtype, copy=False)
+    slices = _interpolate_along(smoothed, positions, centres, axis)
+    return _interpolate_along(slices, centres, positions, axis).astype(channel.dtype, copy=False)
 
 
 class RandThickSlicesd(mt.RandomizableTransform, mt.MapTransform):

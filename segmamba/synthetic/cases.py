@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmamba.synthetic.phantom import _LESION_SIGNAL, _TISSUE_SIGNAL, CONTRASTS, Lesion, Phantom, Tissue, grid_points
-from segmamba.synthetic.template import TemplateHead, random_template_head
+from segmamba.synthetic.template import TemplateHead, _bias_terms, random_template_head
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 BRATS_SUFFIXES: tuple[str, ...] = (*CONTRASTS, "seg")
@@ -118,7 +118,7 @@ def _bias_field(shape: tuple[int, int, int], rng: np.random.Generator, amplitude
     """Smooth multiplicative field exp(quadratic polynomial), within exp(+-amplitude)."""
     axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
-    terms = [x, y, z, x * y, y * z, z * x, x * x, y * y, z * z]
+    terms = _bias_terms(x, y, z)
     coefficients = rng.uniform(-1.0, 1.0, size=len(terms))
     coefficients *= amplitude / np.abs(coefficients).sum()
     log_field = sum(float(c) * t for c, t in zip(coefficients, terms, strict=True))

@@ -14,6 +14,7 @@ the head, so a 1 mm NIfTI and an oblique DICOM series of the same head look alik
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ def load_template() -> _Template:
 
 
 def _bias_terms(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
+    """The monomials of a quadratic bias polynomial (phantom cases and template heads share them)."""
     return [x, y, z, x * y, y * z, z * x, x * x, y * y, z * z]
 
 
@@ -333,9 +335,7 @@ def random_template_head(rng: np.random.Generator | int, config: CaseConfig | No
         seed=int(rng.integers(0, 2**31 - 1)),
     )
     mass_effect = float(rng.uniform(*config.mass_effect)) if rng.random() < config.mass_effect_probability else 0.0
-    return TemplateHead(center=head.center, scale=head.scale, rotation_deg=head.rotation_deg, elastic_mm=elastic,
-                        elastic_seed=elastic_seed, mass_effect=mass_effect, skull_mm=skull, scalp_mm=scalp,
-                        lesion=lesion, appearance=appearance)
+    return dataclasses.replace(head, lesion=lesion, mass_effect=mass_effect)
 
 
 def _triple(values: np.ndarray) -> tuple[float, float, float]:
