@@ -15,8 +15,6 @@ from typing import Any
 from app.config import ConfigError, Settings, load_settings
 
 EXIT_STUDY_FAILED = 2
-# Errors that describe the input or the model, reported as one line without a traceback.
-EXPECTED_FAILURES: tuple[type[Exception], ...] = (ValueError, OSError)
 log = logging.getLogger("app")
 
 
@@ -162,13 +160,21 @@ def _configure_logging(level: str) -> None:
 
 
 def _fail(error: BaseException, settings: Settings | None) -> int:
-    text = str(error).strip() or type(error).__name__
-    first, _, details = text.partition("\n")
-    if details:
-        log.info("details:\n%s", details)
-    if not first.lower().startswith(("study", "series selection")) and settings is not None:
-        first = f"study in {settings.input}: {first}"
-    print(f"ERROR {first}", file=sys.stderr)
+    """Print the one ``ERROR ...`` line of a failed run; a traceback only for a bug."""
+    from operators.errors import ConfigurationError, StudyError, one_line
+
+    folder = str(settings.input) if settings is not None else ""
+    if isinstance(error, StudyError):
+        if error.details:
+            log.info("details:\n%s", error.details)
+        line = error.with_context(folder=folder).line()
+    elif isinstance(error, ConfigurationError):
+        line = f"configuration: {error}"
+    else:
+        log.error("unexpected failure (a bug, not bad input)", exc_info=error)
+        reason = one_line(str(error)) or type(error).__name__
+        line = f"study in {folder or '?'}: internal error ({type(error).__name__}: {reason})"
+    print(f"ERROR {line}", file=sys.stderr)
     return EXIT_STUDY_FAILED
 
 
@@ -197,13 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             files, times = run_batch(settings)
             summary = {"segmentation": str(files.segmentation), "report": str(files.report),
                        "preview": str(files.preview), "seconds": {k: round(v, 2) for k, v in times.items()}}
-    except ConfigError as error:
-        print(f"ERROR configuration: {error}", file=sys.stderr)
-        return EXIT_STUDY_FAILED
-    except EXPECTED_FAILURES as error:
-        return _fail(error, settings)
-    except Exception as error:
-        log.exception("unexpected failure")  # a bug, not bad input: keep the traceback
+    except Exception as error:  # bad input and misconfiguration: one line; bugs: also a traceback
         return _fail(error, settings)
     print(json.dumps(summary, indent=2))
     return 0

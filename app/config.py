@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from operators.errors import ConfigurationError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_APP_YAML = REPO_ROOT / "app.yaml"
 
@@ -35,7 +37,7 @@ ROLES = ("t1n", "t1c", "t2w", "t2f")
 DESTINATION_KEYS = ("name", "ae_title", "host", "port", "tls")
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """A setting with a value that cannot be used."""
 
 

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from operators.errors import ConfigurationError
+
 CARD_NAME = "metadata.json"
 ROLES = ("t1n", "t1c", "t2w", "t2f")
 NORMALIZATIONS = ("zscore_nonzero", "none")
 NETWORK_TYPES = ("segmamba", "threshold")
 
 
-class ModelCardError(ValueError):
+class ModelCardError(ConfigurationError, ValueError):
     """A model folder or card that cannot be used; the message says which and why."""
 
 

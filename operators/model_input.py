@@ -84,13 +84,16 @@ def build_model_input(
     """Volumes from the selected series, resampled onto the model grid and preprocessed."""
     study = selection.study_instance_uid
     if reference_role not in series:
-        raise StudyError(study, f"reference role {reference_role!r} is not among the selected series {sorted(series)}")
+        raise StudyError(
+            study, f"reference role {reference_role!r} is not among the selected series {sorted(series)}",
+            accession=selection.accession_number,
+        )
     volumes: dict[str, ImageVolume] = {}
     for role in card.channel_order:
         try:
             volumes[role] = series_to_volume(list(series[role]))
         except VolumeError as error:
-            raise StudyError(study, f"{role} series unusable: {error}") from error
+            raise StudyError(study, f"{role} series unusable: {error}", accession=selection.accession_number) from error
     reference = volumes[reference_role]
     grid_shape, grid_affine = isotropic_grid(reference, card.preprocessing.spacing_mm)
     image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1) for role in card.channel_order])

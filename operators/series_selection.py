@@ -52,6 +52,8 @@ from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
+from operators.errors import StudyError
+
 ROLES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 PREFER_CRITERIA: tuple[str, ...] = ("3d", "most_slices", "latest", "earliest")
 DEFAULT_RULES_PATH = Path(__file__).with_name("series_rules.json")
@@ -130,18 +132,31 @@ class SeriesSelection:
         return "\n".join(lines)
 
 
-class SeriesSelectionError(ValueError):
-    """The study lacks a series for some role, or several tie; the message explains everything."""
+class SeriesSelectionError(StudyError, ValueError):
+    """The study lacks a series for some role, or several tie (bad input).
+
+    The first line of ``message`` is the complete reason; the rest (every series found and why
+    each candidate was rejected) becomes ``details`` for the log.
+    """
 
     def __init__(
         self,
         message: str,
         *,
         study_instance_uid: str = "",
+        accession: str = "",
         missing: Sequence[str] = (),
         ambiguous: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        super().__init__(message)
+        first = message.partition("\n")[0]
+        reason = first.split("): ", 1)[1] if "): " in first else first.removeprefix("Series selection failed: ")
+        super().__init__(
+            study_instance_uid or "(no StudyInstanceUID)",
+            f"series selection: {reason}",
+            accession=accession,
+            details=message,
+        )
+        self.message = message
         self.study_instance_uid = study_instance_uid
         self.missing: tuple[str, ...] = tuple(missing)
         self.ambiguous: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in (ambiguous or {}).items()}
@@ -515,6 +530,7 @@ def select_series(
         raise SeriesSelectionError(
             _failure_message(study_uid, accession, infos, resolver),
             study_instance_uid=study_uid,
+            accession=accession,
             missing=[r for r in ROLES if r in resolver.missing],
             ambiguous={r: [s.uid for s in tied] for r, (tied, _) in resolver.ambiguous.items()},
         )

@@ -202,7 +202,7 @@ def test_unhelpful_descriptions_resolved_by_attributes() -> None:
     with pytest.raises(SeriesSelectionError) as failure:
         select_series(series, rules)
     assert set(failure.value.missing) == {"t1n", "t1c", "t2w", "t2f"}
-    assert "attribute evidence disabled" in str(failure.value)
+    assert "attribute evidence disabled" in failure.value.details
 
 
 def test_two_t1_without_contrast_evidence_ordered_by_acquisition_time() -> None:
@@ -221,14 +221,14 @@ def test_two_t1_without_contrast_evidence_ordered_by_acquisition_time() -> None:
     with pytest.raises(SeriesSelectionError) as failure:
         select_series(series, {**load_rules(), "order_fallback": False})
     assert failure.value.missing == ("t1c",)
-    assert "no ContrastBolusAgent" in str(failure.value)
+    assert "no ContrastBolusAgent" in failure.value.details
 
 
 def test_missing_flair_lists_every_series_and_why_each_candidate_was_rejected() -> None:
     series, _ = siemens_study(include_flair=False)
     with pytest.raises(SeriesSelectionError) as failure:
         select_series(series)
-    message = str(failure.value)
+    message = failure.value.details
     lines = message.splitlines()
     assert lines[0].startswith("Series selection failed for study 1.2.826.0.1.3680043.8.498.1 (accession ACC001)")
     assert "no t2f series" in lines[0]
@@ -250,7 +250,7 @@ def test_ambiguous_t1c_fails_and_prefer_policies_resolve_it() -> None:
     series.update([ax_post])
     with pytest.raises(SeriesSelectionError) as failure:
         select_series(series)
-    message = str(failure.value)
+    message = failure.value.details
     assert "2 series tie for t1c" in message.splitlines()[0]
     assert set(failure.value.ambiguous["t1c"]) == {uids["t1c"], ax_post[0]}
     assert "'AX T1 POST GAD': 12 instances, 2D" in message

@@ -47,12 +47,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def classify(error: BaseException) -> str:
-    """PERMANENT for bad input (the pipeline's ValueError family and StudyError), OOM, else TRANSIENT."""
+    """PERMANENT for bad input (StudyError), OOM, else TRANSIENT (misconfiguration or a bug: a retry may help)."""
     from operators.errors import StudyError
 
     if is_out_of_memory(error):
         return OOM
-    if isinstance(error, ValueError | StudyError):
+    if isinstance(error, StudyError):
         return PERMANENT
     return TRANSIENT
 
