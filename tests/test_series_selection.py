@@ -47,6 +47,7 @@ def make_series(
     modality: str = "MR",
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND"),
     agent: str | None = None,
+    bolus_start: str | None = None,
     b_values: tuple[float, ...] = (),
     repeats: int = 1,
     temporal: bool = False,
@@ -89,6 +90,8 @@ def make_series(
             ds.MRAcquisitionType = params["acq"]
         if agent is not None:
             ds.ContrastBolusAgent = agent
+        if bolus_start is not None:
+            ds.ContrastBolusStartTime = bolus_start
         if b_values:
             ds.DiffusionBValue = b_values[repeat % len(b_values)]
         if temporal:
@@ -174,7 +177,9 @@ def test_vendor_studies_select_the_four_series(factory: Any) -> None:
     assert selection.study_instance_uid == "1.2.826.0.1.3680043.8.498.1"
     assert set(selection.reasons) == {"t1n", "t1c", "t2w", "t2f"}
     assert all(reason for reason in selection.reasons.values())
-    assert set(selection.ignored) == set(series) - set(selection.series_uids.values())
+    reformats = {uids.get("mpr")}  # usable at the lowest preference: a runner-up, not ignored
+    assert set(selection.ignored) == set(series) - set(selection.series_uids.values()) - reformats
+    assert {e.series_instance_uid for e in selection.series} == set(series)
 
 
 def test_siemens_post_contrast_told_apart_by_contrast_agent_and_ignored_series_have_reasons() -> None:
@@ -183,7 +188,10 @@ def test_siemens_post_contrast_told_apart_by_contrast_agent_and_ignored_series_h
     assert "ContrastBolusAgent 'Gadovist'" in selection.reasons["t1c"]
     assert "t1_mprage_sag_p2_iso" in selection.reasons["t1n"]
     assert "localizer" in selection.ignored[uids["loc"]]
-    assert "derived image" in selection.ignored[uids["mpr"]]
+    assert uids["mpr"] not in selection.ignored
+    (runner,) = selection.choices["t1c"].runners_up
+    assert runner.series_instance_uid == uids["mpr"]
+    assert "prefer=original: reformat (ImageType DERIVED\\SECONDARY\\MPR)" in runner.reason
     assert "diffusion" in selection.ignored[uids["adc"]]
 
 
@@ -239,24 +247,30 @@ def test_missing_flair_lists_every_series_and_why_each_candidate_was_rejected() 
         assert any(f"{description!r} MR, {len(instances)} instances, uid {uid}" in line for line in lines)
     assert any("'localizer'" in line and "ignored: localizer" in line for line in lines)
     assert any("_ADC'" in line and "ignored: diffusion" in line for line in lines)
-    t2f_block = lines[lines.index("t2f: no candidate among 3 usable series") :]
+    t2f_block = lines[lines.index("t2f: no candidate among 4 usable series") :]
     assert any("'t2_tse_tra': chosen for t2w" in line for line in t2f_block)
     assert sum("'t1_mprage_sag_p2_iso': chosen for t1" in line for line in t2f_block) == 2
 
 
-def test_ambiguous_t1c_fails_and_prefer_policies_resolve_it() -> None:
+def test_2d_and_3d_t1c_resolved_by_default_and_prefer_policies_configurable() -> None:
     series, uids = ge_study()
     ax_post = make_series("AX T1 POST GAD", T1_SE, number=8, time="093000")
     series.update([ax_post])
+    chosen = select_series(series).choices["t1c"]  # behaviour change: the shipped defaults prefer 3D
+    assert chosen.series_instance_uid == uids["t1c"]
+    assert "by prefer=3d" in chosen.reason
+    assert [(r.series_instance_uid, r.reason) for r in chosen.runners_up] == [
+        (ax_post[0], "prefer=3d: 2D acquisition; #7 'Sag 3D T1 FSPGR +C' is 3D")
+    ]
+    rules = load_rules()
     with pytest.raises(SeriesSelectionError) as failure:
-        select_series(series)
+        select_series(series, {**rules, "prefer": []})
     message = failure.value.details
     assert "2 series tie for t1c" in message.splitlines()[0]
     assert set(failure.value.ambiguous["t1c"]) == {uids["t1c"], ax_post[0]}
     assert "'AX T1 POST GAD': 12 instances, 2D" in message
     assert "'Sag 3D T1 FSPGR +C': 16 instances, 3D" in message
     assert 'set "prefer"' in message
-    rules = load_rules()
     assert select_series(series, {**rules, "prefer": ["3d"]}).series_uids["t1c"] == uids["t1c"]
     assert select_series(series, {**rules, "prefer": "most_slices"}).series_uids["t1c"] == uids["t1c"]
     assert select_series(series, {**rules, "prefer": ["latest"]}).series_uids["t1c"] == ax_post[0]
@@ -265,12 +279,16 @@ def test_ambiguous_t1c_fails_and_prefer_policies_resolve_it() -> None:
     assert "by prefer=earliest" in chosen.reasons["t1c"]
 
 
-def test_repeated_t2_is_ambiguous_unless_latest_preferred() -> None:
+def test_repeated_t2_takes_the_later_repeat_by_default() -> None:
     series, uids = philips_study()
     repeat = make_series("T2W_TSE", {**TSE, "te": 100.0}, number=402, time="101200")
     series.update([repeat])
+    chosen = select_series(series).choices["t2w"]  # behaviour change: was a tie; the default prefers the later
+    assert chosen.series_instance_uid == repeat[0]
+    assert chosen.runners_up[0].series_instance_uid == uids["t2w"]
+    assert "prefer=latest: an earlier acquisition (series 401, 10:10:00)" in chosen.runners_up[0].reason
     with pytest.raises(SeriesSelectionError) as failure:
-        select_series(series)
+        select_series(series, {**load_rules(), "prefer": []})
     assert set(failure.value.ambiguous) == {"t2w"}
     assert select_series(series, {**load_rules(), "prefer": ["latest"]}).series_uids["t2w"] == repeat[0]
     assert select_series(series, {**load_rules(), "prefer": ["earliest"]}).series_uids["t2w"] == uids["t2w"]
@@ -305,10 +323,10 @@ def test_derived_4d_and_non_mr_series_are_ignored() -> None:
     assert "6 instance(s), fewer than the minimum of 10" in selection.ignored[thin[0]]
 
 
-def test_t1_flair_is_t1_and_explicit_pre_contrast_wins_over_agent() -> None:
+def test_t1_flair_is_t1_and_a_later_bolus_start_makes_a_pre_contrast_series() -> None:
     parts = [
         make_series("Ax T1 FLAIR pre", {**FLAIR, "tr": 2200.0, "te": 10.0, "ti": 800.0}, number=1, time="1300",
-                    agent="Gadavist"),
+                    agent="Gadavist", bolus_start="132000"),
         make_series("Ax T1 FLAIR +C", {**FLAIR, "tr": 2200.0, "te": 10.0, "ti": 800.0}, number=5, time="1330"),
         make_series("Ax T2 FSE", TSE, number=2, time="1305"),
         make_series("Ax T2 FLAIR", FLAIR, number=3, time="1310"),
@@ -367,8 +385,6 @@ def test_shipped_description_rules_are_anchored(description: str, role: str | No
         ("SmartBrain_Survey", "localizer"),
         ("ep2d_diff_mddw_20_p2_TRACEW", "diffusion"),
         ("Apparent Diffusion Coefficient (mm2/s)", "diffusion"),
-        ("t1_mprage_sag_p2_iso_MPR_tra", "derived"),
-        ("MIP Ax", "derived"),
         ("SWI_Images", "other sequence"),
         ("T2*", "other sequence"),
         ("ep2d_perf", "other sequence"),
