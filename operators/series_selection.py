@@ -812,6 +812,30 @@ def select_series(
     return SeriesSelection(study_uid, accession, choices, ignored, entries, patient_id=patient, policy=_policy(config))
 
 
+def classify_series(
+    instances: Sequence[Dataset], rules: Mapping[str, Any] | str | Path | None = None
+) -> tuple[str | None, str]:
+    """The role one series is a candidate for on its own, and why: (role, reason) or (None, reason).
+
+    Description evidence first, else attribute evidence, as `select_series` applies them (study-
+    wide steps such as the order fallback and the preferences need the whole study).
+    """
+    config = load_rules(rules)
+    uid = str(instances[0].get("SeriesInstanceUID", "") or "") if instances else ""
+    s = _describe_series(uid, instances, config)
+    if s.ignore_reasons:
+        return None, "ignored: " + "; ".join(s.ignore_reasons)
+    _classify(s, config)
+    if s.roles:
+        if len(s.roles) > 1:
+            return None, f"description matches the {'/'.join(s.roles)} rules"
+        return s.roles[0], f"description {s.description!r} matches the {s.roles[0]} rule{s.role_note}"
+    if config["attributes"]["use"] and s.attribute_role:
+        extra = f"; {s.contrast_text}" if s.contrast_text else ""
+        return s.attribute_role, f"description matches no rule; attributes: {s.kind_text}{extra}"
+    return None, f"description matches no rule; attributes: {s.kind_text}"
+
+
 def _study_patient(infos: list[_Series], study_uid: str, accession: str) -> str:
     """The study's PatientID (held by most series); series of other patients get an ignore reason."""
     counts = Counter(s.patient_id for s in infos if s.patient_id and s.n_instances)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
@@ -15,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from operators.series_selection import (
     DEFAULT_RULES_PATH,
     SeriesSelectionError,
+    classify_series,
     load_rules,
     match_conditions,
     select_from_studies,
@@ -52,8 +54,14 @@ def make_series(
     repeats: int = 1,
     temporal: bool = False,
     orientation: list[float] = _AXIAL,
+    thickness: float = 2.5,
+    pixel: float = 0.9,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[str, list[pydicom.Dataset]]:
-    """One series of header-only instances; `repeats` > 1 stacks several volumes (4D / DWI)."""
+    """One series of header-only instances; `repeats` > 1 stacks several volumes (4D / DWI).
+
+    `extra` sets further attributes by keyword on every instance (None deletes one).
+    """
     uid = generate_uid(entropy_srcs=[description, str(number), str(next(_COUNTER))])
     datasets = []
     for index, (repeat, k) in enumerate(itertools.product(range(repeats), range(slices)), start=1):
@@ -77,9 +85,10 @@ def make_series(
         ds.InstanceNumber = index
         ds.ImageType = list(image_type)
         ds.ImageOrientationPatient = orientation
-        ds.ImagePositionPatient = [-120.0, -120.0, -60.0 + 2.5 * k]
-        ds.SliceThickness = 2.5
-        ds.PixelSpacing = [0.9, 0.9]
+        normal = [float(v) for v in np.cross(orientation[:3], orientation[3:])]
+        ds.ImagePositionPatient = [-120.0 + thickness * k * n for n in normal]
+        ds.SliceThickness = thickness
+        ds.PixelSpacing = [pixel, pixel]
         if modality == "MR":
             ds.ScanningSequence = params["seq"]
             ds.SequenceVariant = params["var"]
@@ -97,6 +106,11 @@ def make_series(
         if temporal:
             ds.TemporalPositionIdentifier = repeat + 1
             ds.NumberOfTemporalPositions = repeats
+        for keyword, value in (extra or {}).items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
         datasets.append(ds)
     return uid, datasets
 
@@ -584,3 +598,145 @@ def test_default_rules_file_is_valid_json_in_sdk_format() -> None:
     raw = json.loads(DEFAULT_RULES_PATH.read_text())
     assert {s["name"] for s in raw["selections"]} == {"t1n", "t1c", "t2w", "t2f"}
     assert all(set(s) == {"name", "conditions"} for s in raw["selections"])
+
+
+# ------------------------------------------------------------------------------------------
+# Real-world descriptions, vendor ImageTypes and contrast attributes -> role
+
+FL3D = {"seq": ["GR"], "var": ["SP"], "tr": 11.0, "te": 4.9, "acq": "3D"}
+BRAVO = {**FSPGR, "ti": 450.0}
+FLAIR_3D = {**FLAIR, "tr": 5000.0, "te": 390.0, "ti": 1800.0, "acq": "3D"}
+T1_FLAIR = {**FLAIR, "tr": 2200.0, "te": 10.0, "ti": 800.0}
+SIE = ("ORIGINAL", "PRIMARY", "M", "ND")
+SIE_DIS = ("ORIGINAL", "PRIMARY", "M", "DIS2D")
+GE = ("ORIGINAL", "PRIMARY", "OTHER")
+PH_SE = ("ORIGINAL", "PRIMARY", "M_SE", "M", "SE")
+PH_FFE = ("ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE")
+PH_IR = ("ORIGINAL", "PRIMARY", "M_IR", "M", "IR")
+GADOBUTROL = [pydicom.Dataset()]
+GADOBUTROL[0].CodeValue = "C81600"
+GADOBUTROL[0].CodingSchemeDesignator = "NCIt"
+GADOBUTROL[0].CodeMeaning = "Gadobutrol"
+NO_IMAGE_TYPE = {"ImageType": None}
+
+# (description, acquisition parameters, ImageType, extra attributes, expected role or None, text in the reason)
+ROLE_TABLE: list[tuple[str, dict[str, Any], tuple[str, ...], dict[str, Any], str | None, str]] = [
+    # Siemens
+    ("t1_mprage_sag_p2_iso", MPRAGE, SIE, {}, "t1n", "t1n rule"),
+    ("t1_mprage_sag_p2_iso", MPRAGE, SIE, {"ContrastBolusAgent": "Gadovist"}, "t1c", "attributes win"),
+    ("t1_mpr_sag_p2_iso", MPRAGE, SIE, {}, "t1n", "t1n rule"),
+    ("T1_MPR_TRA", MPRAGE, SIE, {}, "t1n", "t1n rule"),
+    ("t1_mpr_tra_iso_KM", MPRAGE, SIE, {}, "t1c", "t1c rule"),
+    ("t1_mprage_tra_KM", MPRAGE, SIE, {"ContrastBolusAgent": "Dotarem"}, "t1c", "t1c rule"),
+    ("t1_se_tra_KM", T1_SE, SIE, {}, "t1c", "t1c rule"),
+    ("t1_se_tra", T1_SE, SIE, {}, "t1n", "t1n rule"),
+    ("t1_fl3d_tra_p3_iso", FL3D, SIE, {}, "t1n", "t1n rule"),
+    ("t1_fl3d_tra_KM", FL3D, SIE, {}, "t1c", "t1c rule"),
+    ("t1_vibe_fs_tra_KM", FL3D, SIE, {}, "t1c", "t1c rule"),
+    ("t2_tse_tra", TSE, SIE, {}, "t2w", "t2w rule"),
+    ("t2_tse_tra_512", TSE, SIE_DIS, {}, "t2w", "t2w rule"),
+    ("t2_blade_tra", TSE, SIE, {}, "t2w", "t2w rule"),
+    ("t2_tirm_tra_dark-fluid", FLAIR, SIE, {}, "t2f", "t2f rule"),
+    ("t2_spc_da-fl_sag_p2_iso", FLAIR_3D, SIE, {}, "t2f", "t2f rule"),
+    ("t1_mprage_sag_p2_iso_MPR_tra", MPRAGE, ("DERIVED", "SECONDARY", "MPR", "CSA MPR"),
+     {"ContrastBolusAgent": "Gadovist"}, "t1c", "attributes win"),
+    ("t1_mprage_sag_p2_iso_MIP_tra", MPRAGE, ("DERIVED", "SECONDARY", "MIP"), {}, None, "MIP is never used"),
+    ("t1_fl3d_tra_SUB", FL3D, ("DERIVED", "SECONDARY", "SUBTRACTION"), {}, None, "SUBTRACTION is never used"),
+    ("t1_fl3d_tra_P", FL3D, ("ORIGINAL", "PRIMARY", "P", "ND"), {}, None, "P is never used"),
+    ("ep2d_diff_mddw_20_p2_ADC", EPI, ("DERIVED", "PRIMARY", "DIFFUSION", "ADC"), {}, None, "diffusion"),
+    ("T1 SE tra nach KM", T1_SE, SIE, {}, "t1c", "t1c rule"),
+    ("T1 SE tra mit KM", T1_SE, SIE, {}, "t1c", "t1c rule"),
+    ("T1 SE tra vor KM", T1_SE, SIE, {}, "t1n", "t1n rule"),
+    ("T1 tra ohne KM", T1_SE, SIE, {}, "t1n", "t1n rule"),
+    ("T1 MPRAGE nativ", MPRAGE, SIE, {}, "t1n", "t1n rule"),
+    ("T1 MPRAGE Kontrast", MPRAGE, SIE, {}, "t1c", "t1c rule"),
+    ("t2_tse_tra nativ", TSE, SIE, {}, "t2w", "t2w rule"),
+    # GE
+    ("Ax T1 BRAVO +C", BRAVO, GE, {}, "t1c", "t1c rule"),
+    ("Ax T1 BRAVO", BRAVO, GE, {}, "t1n", "t1n rule"),
+    ("Sag CUBE FLAIR", FLAIR_3D, GE, {}, "t2f", "t2f rule"),
+    ("Sag CUBE T2", {**TSE, "acq": "3D"}, GE, {}, "t2w", "t2w rule"),
+    ("AX T2 FRFSE", TSE, GE, {}, "t2w", "t2w rule"),
+    ("Ax T2 FLAIR", FLAIR, GE, {}, "t2f", "t2f rule"),
+    ("3D T1 FSPGR", FSPGR, GE, {}, "t1n", "t1n rule"),
+    ("Sag 3D T1 FSPGR +C", FSPGR, GE, {}, "t1c", "t1c rule"),
+    ("AX T1 SE C+", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("AX T1 POST GAD", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("AX T1 PRE GAD", T1_SE, GE, {}, "t1n", "t1n rule"),
+    ("Ax T1 FLAIR", T1_FLAIR, GE, {}, "t1n", "t1n rule"),
+    ("COR T1 +C", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("Ax T1 BRAVO +C REFORMAT", BRAVO, ("DERIVED", "SECONDARY", "REFORMATTED", "AVERAGE"), {}, "t1c", "t1c rule"),
+    ("Ax T1 +C MIP", BRAVO, ("DERIVED", "SECONDARY", "PROJECTION IMAGE"), {}, None, "PROJECTION IMAGE"),
+    ("3-Plane Loc", T1_SE, ("ORIGINAL", "PRIMARY", "LOCALIZER"), {}, None, "localizer"),
+    # Philips
+    ("T1W_3D_TFE", TFE, PH_FFE, {}, "t1n", "t1n rule"),
+    ("sT1W_3D_TFE", TFE, PH_FFE, {}, "t1n", "t1n rule"),
+    ("WIP sT1W_3D_TFE", TFE, PH_FFE, {}, "t1n", "t1n rule"),
+    ("T1W_3D_TFE +C", TFE, PH_FFE, {}, "t1c", "t1c rule"),
+    ("WIP sT1W_3D_TFE GD", TFE, PH_FFE, {}, "t1c", "t1c rule"),
+    ("701 T1W_3D_TFE_GD", TFE, PH_FFE, {}, "t1c", "t1c rule"),
+    ("T1W_SE_GD", T1_SE, PH_SE, {}, "t1c", "t1c rule"),
+    ("T1W_SE", T1_SE, PH_SE, {}, "t1n", "t1n rule"),
+    ("T2W_TSE", TSE, PH_SE, {}, "t2w", "t2w rule"),
+    ("WIP T2W_TSE", TSE, PH_SE, {}, "t2w", "t2w rule"),
+    ("T2W_FLAIR", FLAIR, PH_IR, {}, "t2f", "t2f rule"),
+    ("3D_FLAIR", FLAIR_3D, PH_IR, {}, "t2f", "t2f rule"),
+    ("VISTA", FLAIR_3D, PH_IR, {}, "t2f", "long-TI inversion recovery"),
+    ("T1W_3D_TFE", TFE, ("DERIVED", "PRIMARY", "M_FFE", "M", "FFE"), {"LossyImageCompression": "01"}, "t1n",
+     "t1n rule"),
+    # French, Spanish, Italian, Dutch, English words
+    ("T1 SE sans injection", T1_SE, SIE, {}, "t1n", "t1n rule"),
+    ("T1 SE avec injection", T1_SE, SIE, {}, "t1c", "t1c rule"),
+    ("T1 3D gado", MPRAGE, SIE, {}, "t1c", "t1c rule"),
+    ("3D T1 post-gado", MPRAGE, SIE, {}, "t1c", "t1c rule"),
+    ("T1 SE sans gado", T1_SE, SIE, {}, "t1n", "t1n rule"),
+    ("T1 injecté", T1_SE, SIE, {}, "t1c", "t1c rule"),
+    ("T1 sin contraste", T1_SE, GE, {}, "t1n", "t1n rule"),
+    ("T1 con contraste", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("T1 SE axial basal", T1_SE, GE, {}, "t1n", "t1n rule"),
+    ("T1 senza mdc", T1_SE, PH_SE, {}, "t1n", "t1n rule"),
+    ("T1 con mdc", T1_SE, PH_SE, {}, "t1c", "t1c rule"),
+    ("T1 pre contrasto", T1_SE, PH_SE, {}, "t1n", "t1n rule"),
+    ("T1 post contrasto", T1_SE, PH_SE, {}, "t1c", "t1c rule"),
+    ("T1 zonder contrast", T1_SE, PH_SE, {}, "t1n", "t1n rule"),
+    ("T1 met contrast", T1_SE, PH_SE, {}, "t1c", "t1c rule"),
+    ("T1 na contrast", T1_SE, PH_SE, {}, "t1c", "t1c rule"),
+    ("T1 voor contrast", T1_SE, PH_SE, {}, "t1n", "t1n rule"),
+    ("T1 pre Gd", T1_SE, GE, {}, "t1n", "t1n rule"),
+    ("T1 post Gd", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("T1+C", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("AX T1 GAD", T1_SE, GE, {}, "t1c", "t1c rule"),
+    ("T1 enhanced", T1_SE, GE, {}, "t1c", "t1c rule"),
+    # Attributes against (or instead of) words
+    ("T1 pre Gd", T1_SE, GE, {"ContrastBolusAgent": "Gadovist"}, "t1c",
+     "description says pre-contrast, but ContrastBolusAgent 'Gadovist' says post-contrast: attributes win"),
+    ("T1 post Gd", T1_SE, GE, {"ContrastBolusAgent": "Gadovist", "ContrastBolusStartTime": "101500"}, "t1n",
+     "ContrastBolusStartTime 10:15:00 is after this series (10:00:00): attributes win"),
+    ("T1W_SE", T1_SE, PH_SE, {"ContrastBolusAgent": "NONE"}, "t1n", "t1n rule"),
+    ("Series 7", MPRAGE, SIE, {"ContrastBolusIngredient": "GADOLINIUM"}, "t1c", "ContrastBolusIngredient"),
+    ("Series 8", T1_SE, GE, {"ContrastBolusVolume": 15.0}, "t1c", "ContrastBolusVolume 15 ml"),
+    ("Series 9", T1_SE, PH_SE, {"ContrastBolusAgentSequence": GADOBUTROL}, "t1c", "'Gadobutrol'"),
+    ("Series 10", MPRAGE, SIE, {}, "t1n", "T1-weighted"),
+    ("Series 11", FLAIR, SIE, {}, "t2f", "FLAIR"),
+    # No ImageType: description words are the only hint
+    ("Ax T1 MPR", T1_SE, (), NO_IMAGE_TYPE, "t1n", "t1n rule"),
+    ("MIP Ax T1 +C", T1_SE, (), NO_IMAGE_TYPE, None, "'MIP' in the description"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("description", "params", "image_type", "extra", "role", "why"), ROLE_TABLE)
+def test_real_world_descriptions_and_attributes_give_the_role(
+    description: str, params: dict[str, Any], image_type: tuple[str, ...], extra: dict[str, Any], role: str | None,
+    why: str,
+) -> None:  # fmt: skip
+    _, instances = make_series(description, params, number=5, time="100000", image_type=image_type, extra=extra)
+    got, reason = classify_series(instances)
+    assert got == role, reason
+    assert why in reason
+
+
+def test_role_table_is_large_and_covers_the_vendors_and_languages() -> None:
+    assert len(ROLE_TABLE) >= 60
+    descriptions = " ".join(row[0] for row in ROLE_TABLE)
+    for word in ("nach KM", "ohne KM", "sans injection", "sin contraste", "senza mdc", "zonder contrast", "+C", "C+"):
+        assert word in descriptions
