@@ -953,6 +953,8 @@ class _Resolver:
     def _why(self, s: _Series, role: str, tier: str) -> str:
         if tier == "description":
             reason = f"description {s.description!r} matches the {role} rule{s.role_note}"
+            if s.contrast is None and s.contrast_text:  # exam-wide contrast attributes, disregarded
+                reason += f"; {s.contrast_text}"
             return reason + (f"; attributes: {s.kind_text}" if s.kind_text else "")
         reason = f"description {s.description!r} matches no rule; attributes: {s.kind_text}"
         if role == "t1c":

@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from operators.series_selection import (
     DEFAULT_RULES_PATH,
+    ROLES,
     SeriesSelectionError,
     classify_series,
     load_rules,
@@ -740,3 +741,149 @@ def test_role_table_is_large_and_covers_the_vendors_and_languages() -> None:
     descriptions = " ".join(row[0] for row in ROLE_TABLE)
     for word in ("nach KM", "ohne KM", "sans injection", "sin contraste", "senza mdc", "zonder contrast", "+C", "C+"):
         assert word in descriptions
+
+
+# ------------------------------------------------------------------------------------------
+# Several candidates per role: the shipped preferences, the runners-up, true ambiguity
+
+_CORONAL = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+
+
+def tumour_protocol() -> tuple[dict[str, list[pydicom.Dataset]], dict[str, str]]:
+    """Siemens tumour protocol: 2D and 3D T1 pre and post, T1c in two planes, a reformat,
+    a distortion-corrected T2 beside its uncorrected copy, and a FLAIR repeated after motion."""
+    agent = {"ContrastBolusAgent": "Gadovist"}
+    parts = {
+        "t1n": make_series("t1_mprage_sag_p2_iso", MPRAGE, number=2, time="080500", slices=16, thickness=1.0,
+                           orientation=_SAGITTAL),
+        "t1n_2d": make_series("t1_se_tra", T1_SE, number=3, time="080800", thickness=5.0),
+        "t2w_nd": make_series("t2_tse_tra", TSE, number=4, time="081200", image_type=SIE),
+        "t2w": make_series("t2_tse_tra", TSE, number=5, time="081200", image_type=SIE_DIS),
+        "t2f_first": make_series("t2_tirm_tra_dark-fluid", FLAIR, number=6, time="081600"),
+        "t2f": make_series("t2_tirm_tra_dark-fluid", FLAIR, number=7, time="082000"),
+        "t1c_ax": make_series("t1_se_tra_KM", T1_SE, number=8, time="083000", thickness=5.0, extra=agent),
+        "t1c_cor": make_series("t1_se_cor_KM", T1_SE, number=9, time="083400", thickness=5.0,
+                               orientation=_CORONAL, extra=agent),
+        "t1c": make_series("t1_mprage_sag_p2_iso", MPRAGE, number=10, time="083800", slices=16, thickness=1.0,
+                           orientation=_SAGITTAL, extra=agent),
+        "mpr": make_series("t1_mprage_sag_p2_iso_MPR_tra", MPRAGE, number=11, time="083800", slices=30,
+                           thickness=1.0, image_type=("DERIVED", "SECONDARY", "MPR"), extra=agent),
+    }  # fmt: skip
+    return study(*parts.values()), {k: v[0] for k, v in parts.items()}
+
+
+def test_tumour_protocol_chosen_as_a_neuroradiologist_would_with_runners_up_explained() -> None:
+    series, uids = tumour_protocol()
+    selection = select_series(series)
+    assert selection.series_uids == {role: uids[role] for role in ROLES}
+    runners = {role: {r.series_instance_uid: r.reason for r in c.runners_up} for role, c in selection.choices.items()}
+    assert runners["t1n"] == {uids["t1n_2d"]: "prefer=3d: 2D acquisition; #2 't1_mprage_sag_p2_iso' is 3D"}
+    assert runners["t2w"] == {
+        uids["t2w_nd"]: "prefer=distortion_corrected: not distortion-corrected (ImageType ORIGINAL\\PRIMARY\\M\\ND); "
+        "#5 't2_tse_tra' is (DIS2D)"
+    }
+    assert runners["t2f"] == {
+        uids["t2f_first"]: "prefer=latest: an earlier acquisition (series 6, 08:16:00) than the repeat "
+        "#7 't2_tirm_tra_dark-fluid' (08:20:00)"
+    }
+    assert set(runners["t1c"]) == {uids["mpr"], uids["t1c_ax"], uids["t1c_cor"]}
+    assert runners["t1c"][uids["mpr"]].startswith("prefer=original: reformat (ImageType DERIVED\\SECONDARY\\MPR)")
+    assert runners["t1c"][uids["t1c_ax"]] == "prefer=3d: 2D acquisition; #10 't1_mprage_sag_p2_iso' is 3D"
+    assert "by prefer=original" in selection.reasons["t1c"] and "by prefer=3d" in selection.reasons["t1c"]
+    entries = {e.series_instance_uid: e for e in selection.series}
+    assert len(entries) == len(series)
+    assert {e.status for e in entries.values()} == {"selected", "runner-up"}
+    assert entries[uids["mpr"]].role == "t1c" and entries[uids["mpr"]].status == "runner-up"
+    assert entries[uids["t1c"]].slice_mm == 1.0 and entries[uids["t1c"]].acquisition == "3D"
+    assert selection.policy["prefer"][:2] == ["original", "3d"]
+
+
+def test_t1c_in_two_planes_thin_over_thick_and_finer_in_plane() -> None:
+    base = [
+        make_series("t1_mprage_sag_p2_iso", MPRAGE, number=2, time="0805", thickness=1.0, orientation=_SAGITTAL),
+        make_series("t2_tse_tra", TSE, number=4, time="0812", thickness=5.0, pixel=0.9),
+        make_series("t2_tirm_tra_dark-fluid", FLAIR, number=6, time="0816", thickness=5.0),
+    ]
+    cor = make_series("t1_se_cor_KM", T1_SE, number=8, time="0830", thickness=5.0, orientation=_CORONAL)
+    ax = make_series("t1_se_tra_KM", T1_SE, number=9, time="0834", thickness=5.0)
+    thin_t2 = make_series("t2_tse_tra_3mm", TSE, number=5, time="0813", thickness=3.0, pixel=0.9)
+    fine_flair = make_series("t2_tirm_tra_dark-fluid_512", FLAIR, number=7, time="0810", thickness=5.0, pixel=0.45)
+    selection = select_series(study(*base, cor, ax, thin_t2, fine_flair))
+    assert selection.series_uids["t1c"] == ax[0]
+    assert selection.choices["t1c"].runners_up[0].reason == "prefer=axial: coronal plane; #9 't1_se_tra_KM' is axial"
+    assert selection.series_uids["t2w"] == thin_t2[0]
+    assert selection.choices["t2w"].runners_up[0].reason == (
+        "prefer=thinnest: 5 mm slices; #5 't2_tse_tra_3mm' has 3 mm"
+    )
+    assert selection.series_uids["t2f"] == fine_flair[0]  # finer in-plane beats the later series
+    assert selection.choices["t2f"].runners_up[0].reason.startswith("prefer=finest_in_plane: 0.9 mm pixels")
+
+
+def _minimal_study(t1c: tuple[str, list[pydicom.Dataset]], *more: tuple[str, list[pydicom.Dataset]]) -> dict:
+    return study(
+        make_series("t1_mprage_sag_p2_iso", MPRAGE, number=2, time="0805", orientation=_SAGITTAL),
+        make_series("t2_tse_tra", TSE, number=4, time="0812"),
+        make_series("t2_tirm_tra_dark-fluid", FLAIR, number=6, time="0816"),
+        t1c,
+        *more,
+    )
+
+
+def test_a_reformat_is_used_when_no_original_exists_and_says_so() -> None:
+    agent = {"ContrastBolusAgent": "Gadovist"}
+    mpr_type = ("DERIVED", "SECONDARY", "MPR", "CSA MPR")
+    mpr = make_series("t1_mprage_sag_p2_iso_MPR_tra", MPRAGE, number=11, time="0838", image_type=mpr_type, extra=agent)
+    mip_type = ("DERIVED", "SECONDARY", "MIP")
+    mip = make_series("t1_mprage_KM_MIP_tra", MPRAGE, number=12, time="0839", image_type=mip_type, extra=agent)
+    selection = select_series(_minimal_study(mpr, mip))
+    assert selection.series_uids["t1c"] == mpr[0]
+    assert "reformat (ImageType DERIVED\\SECONDARY\\MPR\\CSA MPR)" in selection.reasons["t1c"]
+    assert "MIP is never used" in selection.ignored[mip[0]]
+    assert selection.policy["lowest_preference_image_types"][0] == "MPR"
+    assert "MIP" in selection.policy["never_used_image_types"]
+
+
+def test_lossy_series_stays_eligible_and_is_flagged_and_a_lossless_copy_wins() -> None:
+    lossy = {"LossyImageCompression": "01", "LossyImageCompressionMethod": "ISO_10918_1",
+             "LossyImageCompressionRatio": "8.2"}  # fmt: skip
+    derived_primary = ("DERIVED", "PRIMARY", "M", "ND")
+    post = make_series("t1_mprage_tra_KM", MPRAGE, number=9, time="0830", image_type=derived_primary, extra=lossy)
+    selection = select_series(_minimal_study(post))
+    choice = selection.choices["t1c"]
+    assert choice.series_instance_uid == post[0] and choice.lossy
+    assert "lossy-compressed (LossyImageCompression 01 (ISO_10918_1, ratio 8.2)), used" in choice.reason
+    assert selection.to_dict()["t1c"]["lossy"] is True
+    assert next(e for e in selection.series if e.series_instance_uid == post[0]).lossy
+    copy = make_series("t1_mprage_tra_KM", MPRAGE, number=9, time="0830")
+    selection = select_series(_minimal_study(post, copy))
+    assert selection.series_uids["t1c"] == copy[0] and not selection.choices["t1c"].lossy
+    assert selection.choices["t1c"].runners_up[0].reason.startswith("prefer=lossless: lossy-compressed")
+
+
+def test_true_ambiguity_fails_in_one_line_naming_the_candidates() -> None:
+    first = make_series("t1_mprage_tra_KM", MPRAGE, number=9, time="0830")
+    second = make_series("t1_mprage_tra_KM", MPRAGE, number=9, time="0830")
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(_minimal_study(first, second))
+    line = str(failure.value)
+    assert "\n" not in line
+    assert line.startswith("study 1.2.826.0.1.3680043.8.498.1 (ACC001): series selection: 2 series tie for t1c (")
+    assert f"#9 't1_mprage_tra_KM' ({first[0]})" in line and f"#9 't1_mprage_tra_KM' ({second[0]})" in line
+    assert line.endswith("and no preference separates them")
+    assert "did not separate them" in failure.value.details
+
+
+def test_contrast_entered_once_for_the_whole_exam_is_no_evidence() -> None:
+    agent = {"ContrastBolusAgent": "Gadovist"}
+    parts = [
+        make_series("t1_mprage_sag_p2_iso pre", MPRAGE, number=2, time="0805", extra=agent),
+        make_series("t2_tse_tra", TSE, number=4, time="0812", extra=agent),
+        make_series("t2_tirm_tra_dark-fluid", FLAIR, number=6, time="0816", extra=agent),
+        make_series("t1_mprage_sag_p2_iso_KM", MPRAGE, number=8, time="0830", extra=agent),
+    ]
+    selection = select_series(study(*parts))
+    assert selection.series_uids["t1n"] == parts[0][0]
+    assert selection.series_uids["t1c"] == parts[3][0]
+    assert "ContrastBolusAgent 'Gadovist' on every series, untimed: no evidence" in selection.reasons["t1n"]
+    entry = classify_series(parts[0][1])  # alone, the agent overrules the words
+    assert entry[0] == "t1c" and "attributes win" in entry[1]
