@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from operators.errors import StudyError
 from operators.series_selection import (
     DEFAULT_RULES_PATH,
     ROLES,
@@ -23,6 +24,7 @@ from operators.series_selection import (
     select_from_studies,
     select_series,
 )
+from operators.study_inventory import SkippedFile, StudyInventory, UnreadableFile
 
 _AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 _SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
@@ -887,3 +889,132 @@ def test_contrast_entered_once_for_the_whole_exam_is_no_evidence() -> None:
     assert "ContrastBolusAgent 'Gadovist' on every series, untimed: no evidence" in selection.reasons["t1n"]
     entry = classify_series(parts[0][1])  # alone, the agent overrules the words
     assert entry[0] == "t1c" and "attributes win" in entry[1]
+
+
+# ------------------------------------------------------------------------------------------
+# Other studies and patients in the input; the loader's inventory of files it did not load
+
+
+class _Sop:
+    def __init__(self, ds: pydicom.Dataset) -> None:
+        self.ds = ds
+
+    def get_native_sop_instance(self) -> pydicom.Dataset:
+        return self.ds
+
+
+class _SdkSeries:
+    def __init__(self, uid: str, instances: list[pydicom.Dataset]) -> None:
+        self.SeriesInstanceUID = uid
+        self.sops = [_Sop(ds) for ds in instances]
+
+    def get_sop_instances(self) -> list[_Sop]:
+        return self.sops
+
+
+class _SdkStudy:
+    """The part of the SDK's DICOMStudy the selector uses, plus the loader's `inventory` attribute."""
+
+    def __init__(self, series: dict[str, list[pydicom.Dataset]], inventory: StudyInventory | None = None) -> None:
+        self.StudyInstanceUID = next(iter(series.values()))[0].StudyInstanceUID
+        self.series = [_SdkSeries(uid, instances) for uid, instances in series.items()]
+        if inventory is not None:
+            self.inventory = inventory
+
+    def get_all_series(self) -> list[_SdkSeries]:
+        return self.series
+
+
+def _restamp(series: dict[str, list[pydicom.Dataset]], study_uid: str, patient: str) -> None:
+    for instances in series.values():
+        for ds in instances:
+            ds.StudyInstanceUID, ds.PatientID = study_uid, patient
+
+
+def test_series_of_other_studies_and_patients_are_listed_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    chosen, uids = ge_study()
+    _restamp(chosen, "1.2.826.0.1.3680043.8.498.1", "P1")
+    other_patient, _ = siemens_study(include_flair=False)
+    _restamp(other_patient, "1.2.826.0.1.3680043.8.498.7", "P2")
+    same_patient = dict([make_series("Ax T2 FSE", TSE, number=3, time="070000", study_uid="1.2.826.0.1.3680043.8.498.8",
+                                     extra={"PatientID": "P1"})])  # fmt: skip
+    studies = [_SdkStudy(other_patient), _SdkStudy(chosen), _SdkStudy(same_patient)]
+    with caplog.at_level("WARNING", logger="operators.series_selection"):
+        by_role, selection = select_from_studies(studies)
+    assert by_role["t2f"].SeriesInstanceUID == uids["t2f"]
+    assert selection.patient_id == "P1"
+    foreign = {f.series_instance_uid: f for f in selection.foreign}
+    assert set(foreign) == set(other_patient) | set(same_patient)
+    some = foreign[next(iter(other_patient))]
+    assert some.patient_id == "P2" and some.study_instance_uid.endswith(".7")
+    assert some.reason == (
+        "another patient (PatientID 'P2'; the selected study's is 'P1'): study 1.2.826.0.1.3680043.8.498.7, "
+        "not the selected study 1.2.826.0.1.3680043.8.498.1 (that study is incomplete: no t2f series)"
+    )
+    assert foreign[next(iter(same_patient))].reason.startswith("another study of the same patient: study ")
+    assert "8 series of other studies/patients in the input are not used" in caplog.text
+    complete_twice, _ = philips_study()
+    _restamp(complete_twice, "1.2.826.0.1.3680043.8.498.9", "P3")
+    with pytest.raises(SeriesSelectionError, match="2 studies in the input each have all four series"):
+        select_from_studies([_SdkStudy(chosen), _SdkStudy(complete_twice)])
+
+
+def test_a_series_of_another_patient_inside_the_study_is_ignored_with_that_reason() -> None:
+    series, uids = philips_study()
+    _restamp(series, "1.2.826.0.1.3680043.8.498.1", "P1")
+    intruder = make_series("T2W_TSE", TSE, number=402, time="101200", extra={"PatientID": "P9"})
+    series.update([intruder])
+    selection = select_series(series)
+    assert selection.series_uids["t2w"] == uids["t2w"]  # the later repeat would have won: it is another patient's
+    assert selection.ignored[intruder[0]] == "another patient (PatientID 'P9'; the study's is 'P1')"
+    entry = next(e for e in selection.series if e.series_instance_uid == intruder[0])
+    assert entry.status == "ignored"
+    parts = [
+        make_series("T1W_3D_TFE", TFE, number=1, time="1000", extra={"PatientID": "P1"}),
+        make_series("T2W_TSE", TSE, number=2, time="1005", extra={"PatientID": "P1"}),
+        make_series("T2W_FLAIR", FLAIR, number=3, time="1010", extra={"PatientID": "P9"}),
+        make_series("T1W_3D_TFE +C", TFE, number=4, time="1020", extra={"PatientID": "P9"}),
+    ]
+    with pytest.raises(SeriesSelectionError) as failure:
+        select_series(study(*parts))
+    assert str(failure.value) == (
+        "study 1.2.826.0.1.3680043.8.498.1 (ACC001): series selection: the study holds series of 2 patients "
+        "('P1': 2 series, 'P9': 2 series); cannot tell whose study it is"
+    )
+
+
+def _inventory(*unreadable: UnreadableFile) -> StudyInventory:
+    return StudyInventory(
+        "/in/cd",
+        skipped=[SkippedFile("AUTORUN.INF", "not DICOM"), SkippedFile("DICOMDIR", "DICOMDIR (media directory)")],
+        unreadable=list(unreadable),
+    )
+
+
+def test_unreadable_file_of_a_selected_series_fails_the_study_naming_series_and_file() -> None:
+    series, uids = siemens_study()
+    broken = UnreadableFile(
+        "DICOM/S4/IM7", "truncated pixel data", series[uids["t2f"]][0].StudyInstanceUID, uids["t2f"]
+    )
+    with pytest.raises(StudyError) as failure:
+        select_from_studies([_SdkStudy(series, _inventory(broken))])
+    line = str(failure.value)
+    assert line == (
+        f"study 1.2.826.0.1.3680043.8.498.1 (ACC001): unreadable file DICOM/S4/IM7 in the t2f series "
+        f"#4 't2_tirm_tra_dark-fluid' ({uids['t2f']}): truncated pixel data"
+    )
+    assert failure.value.file == "DICOM/S4/IM7" and uids["t2f"] in failure.value.series
+    unknown = UnreadableFile("DICOM/S9/IM1", "not a valid DICOM header")
+    with pytest.raises(StudyError, match="unreadable file DICOM/S9/IM1 of unknown series may belong to a selected"):
+        select_from_studies([_SdkStudy(series, _inventory(unknown))])
+
+
+def test_unreadable_files_of_other_series_travel_with_the_selection() -> None:
+    series, uids = siemens_study()
+    of_dwi = UnreadableFile("DICOM/S5/IM3", "cannot decode", "1.2.826.0.1.3680043.8.498.1", uids["adc"])
+    of_other_study = UnreadableFile("DICOM/X/IM1", "truncated header", "1.2.826.0.1.3680043.8.498.99")
+    inventory = _inventory(of_dwi, of_other_study)
+    _, selection = select_from_studies([_SdkStudy(series, inventory)])
+    assert selection.inventory is inventory
+    _, bare = select_from_studies([_SdkStudy(series)])
+    assert bare.inventory is None
