@@ -1018,3 +1018,23 @@ def test_unreadable_files_of_other_series_travel_with_the_selection() -> None:
     assert selection.inventory is inventory
     _, bare = select_from_studies([_SdkStudy(series)])
     assert bare.inventory is None
+
+
+def test_siemens_mpr_abbreviation_with_imagetype_original_is_an_acquisition_not_a_reformat() -> None:
+    mprage = make_series("T1_MPR_TRA", MPRAGE, number=2, time="0805", image_type=SIE, thickness=1.0)
+    thick = make_series("t1_se_tra", T1_SE, number=3, time="0810", image_type=SIE, thickness=5.0)
+    parts = [
+        mprage,
+        thick,
+        make_series("t2_tse_tra", TSE, number=4, time="0812"),
+        make_series("t2_tirm_tra_dark-fluid", FLAIR, number=6, time="0816"),
+        make_series("t1_mpr_sag_p2_iso_KM", MPRAGE, number=8, time="0830", image_type=SIE, orientation=_SAGITTAL),
+    ]
+    selection = select_series(study(*parts))
+    assert selection.series_uids["t1n"] == mprage[0]  # 3D original beats the 2D SE, not demoted as a reformat
+    assert (
+        "ImageType ORIGINAL\\PRIMARY\\M\\ND: an acquisition ('MPR' in the description is not a reformat)"
+        in (selection.reasons["t1n"])
+    )
+    assert selection.choices["t1n"].runners_up[0].reason.startswith("prefer=3d: 2D acquisition")
+    assert selection.series_uids["t1c"] == parts[4][0]
