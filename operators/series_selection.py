@@ -125,10 +125,10 @@ _ATTRIBUTE_DEFAULTS: dict[str, Any] = {
 }
 _DERIVED_DEFAULTS: dict[str, Any] = {
     "never_usable": [
-        "MIP", "MINIP", "MNIP", "PROJECTION IMAGE", "PROJECTION", "SUBTRACTION", "SUB", "P", "PHASE", "PHASE MAP",
-        "MAP", "T1 MAP", "T2 MAP", "T2 STAR MAP", "R2 STAR MAP", "MOSAIC", "VRT", "FUSED", "CBF", "CBV", "MTT", "TTP",
+        "MIP", "MINIP", "MNIP", "PROJECTION", "SUBTRACTION", "SUB", "P", "PHASE", "R", "REAL", "I", "IMAGINARY",
+        "MAP", "MOSAIC", "VRT", "FUSED", "CBF", "CBV", "MTT", "TTP",
     ],
-    "reformat": ["MPR", "REFORMAT", "REFORMATTED", "CSA MPR", "CSAMPR", "MPR THICK", "CSA MPR THICK", "CSAPARALLEL"],
+    "reformat": ["MPR", "REFORMAT", "REFORMATTED", "CSAMPR", "CSAPARALLEL"],
     "description_never_usable": r"(?i)(?<![a-z0-9])(?:mip|minip|mnip|sub|subtraction|projection)(?![a-z0-9])",
     "description_reformat": r"(?i)(?<![a-z0-9])(?:mpr|reformat|reformatted|rfmt)(?![a-z0-9])",
 }  # fmt: skip
@@ -621,10 +621,10 @@ def _derivation(header: Dataset, image_types: set[str], policy: Mapping[str, Any
     """(kind, note): ImageType first, description words only where ImageType does not tell."""
     values = [str(v).strip().upper() for v in _as_list(header.get("ImageType"))]
     shown = "\\".join(values)
-    never = sorted(image_types & set(policy["never_usable"]))
+    never = _image_type_hits(image_types, policy["never_usable"])
     if never:
         return "never", f"derived image (ImageType {shown}): {'/'.join(never)} is never used"
-    reformat = sorted(image_types & set(policy["reformat"]))
+    reformat = _image_type_hits(image_types, policy["reformat"])
     if reformat:
         return "reformat", f"reformat (ImageType {shown})"
     description = str(header.get("SeriesDescription", "") or "")
@@ -644,6 +644,18 @@ def _derivation(header: Dataset, image_types: set[str], policy: Mapping[str, Any
     if values and values[0] == "DERIVED":
         return "never", f"derived image (ImageType {shown}): not a reformat, processing unknown; never used"
     return "original", ""
+
+
+def _image_type_hits(values: set[str], terms: Sequence[str]) -> list[str]:
+    """The terms found in ImageType values as whole words ("MIP" in "MIP_SAG", "P" in Philips "P_SE")."""
+    tokens = [tuple(re.split(r"[^A-Z0-9]+", value.strip().upper())) for value in values]
+    hits = []
+    for term in terms:
+        wanted = tuple(re.split(r"[^A-Z0-9]+", term.strip().upper()))
+        n = len(wanted)
+        if any(words[i : i + n] == wanted for words in tokens for i in range(len(words) - n + 1)):
+            hits.append(term)
+    return hits
 
 
 def _lossy(ds: Dataset) -> str:
