@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -46,7 +47,9 @@ def _network():  # type: ignore[no-untyped-def]
     """deepbet's brain-extraction networks, loaded once per process (CPU)."""
     from deepbet import BrainExtraction
 
-    return BrainExtraction(no_gpu=True)
+    with warnings.catch_warnings():  # deepbet loads TorchScript files, which torch now calls deprecated
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=DeprecationWarning)
+        return BrainExtraction(no_gpu=True)
 
 
 def _network_mask(volume: ImageVolume, threshold: float) -> np.ndarray:
