@@ -68,3 +68,19 @@ def test_reference_checkpoint_that_does_not_fit_is_refused(golden_weights, tmp_p
     with pytest.raises(CheckpointError, match=r"missing keys: out\.conv\.conv\.weight"):
         main(["--reference-checkpoint", str(checkpoint), "--out", str(tmp_path / "model")])
     assert not (tmp_path / "model").exists()
+
+
+def test_training_checkpoint_export_keeps_its_defaults_and_one_source_is_required(tmp_path: Path) -> None:
+    from segmamba import SegMamba
+
+    args = {"in_chans": 4, "out_chans": 4, "feat_size": [8, 16, 32, 64], "hidden_size": 64}
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": SegMamba(**args).state_dict(), "network_args": args, "config": {"patch": 32}}, checkpoint)
+    main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "model")])
+    card = load_model_card(tmp_path / "model")
+    assert (card.name, card.version) == ("segmamba-demo", "0.1.0")
+    assert "input_convention" not in json.loads((tmp_path / "model" / "metadata.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "other")])
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(checkpoint), "--reference-checkpoint", str(checkpoint), "--out", str(tmp_path / "x")])
