@@ -1,23 +1,34 @@
 """Export a training checkpoint as the model folder the application loads (``-m``).
 
     python -m segmamba.export --checkpoint RUN_DIR/best.pt --out models/segmamba-demo [--demo]
+    python -m segmamba.export --reference-checkpoint final_model_0.9038.pt --out models/segmamba-brats23
 
 Writes ``metadata.json`` (architecture, channel order, preprocessing, sliding-window settings,
 label meanings, training data description, measured validation metrics) and ``model.pt`` (the
 state_dict, float16 unless ``--float32``).
+
+``--reference-checkpoint`` takes a checkpoint saved by the reference training code (github
+ge-xing/SegMamba, commit cff3597): a bare state_dict, one under ``state_dict``/``model``/
+``module``, with or without DistributedDataParallel's ``module.`` prefix. Its weights are
+written as they are (dtype unchanged) after a strict check against the reference architecture,
+and the card declares the reference recipe's input convention (`REFERENCE_CONVENTION`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from segmamba.checkpoint import check_compatible, unwrap_state_dict
 from segmamba.data import CHANNEL_ORDER
 from segmamba.evaluate import EMPTY_HD95_MM, REGIONS
+from segmamba.model import SegMamba
 
 DEMO_INTENDED_USE = "Demonstration only - trained on synthetic data - NOT FOR CLINICAL USE"
 WEIGHTS_NAME = "model.pt"
@@ -29,6 +40,31 @@ LABELS: list[dict[str, Any]] = [
     {"label": 3, "name": "Enhancing tumour",
      "type": {"scheme": "NCIt", "value": "C113842", "meaning": "Enhancing Lesion"}, "color": [250, 220, 60]},
 ]
+
+
+REFERENCE_SOURCE = "github ge-xing/SegMamba, commit cff3597"
+REFERENCE_ARGS: dict[str, Any] = {"in_chans": 4, "out_chans": 4, "depths": [2, 2, 2, 2],
+                                  "feat_size": [48, 96, 192, 384]}
+REFERENCE_CHANNEL_ORDER = ["t2w", "t2f", "t1n", "t1c"]  # 2_preprocessing_mri.py data_filename
+# The input convention of the reference recipe, in a card block today's operators/model_card.py
+# ignores (it reads known keys only); the model-input operator is to honour it.
+REFERENCE_CONVENTION: dict[str, Any] = {
+    "source": REFERENCE_SOURCE,
+    # sitk.GetArrayFromImage of BraTS 2023 files (SRI24, ITK direction identity): [z, y, x] =
+    # inferior->Superior, anterior->Posterior, right->Left; see operators/reorientation.py.
+    "orientation": ["S", "P", "L"],
+    "spacing_mm": 1.0,
+    "reference_role": "t1c",
+    # crop to the box where any channel is nonzero, then per channel (x - mean) / std over the
+    # whole box, zeros included (ZScoreNormalization(use_mask_for_norm=False) in the reference).
+    "normalize": "zscore_crop",
+    "registration": {"enabled": True, "method": "rigid_mattes_mi", "onto": "t1c",
+                     "max_translation_mm": 15.0, "max_rotation_deg": 15.0, "on_failure": "refuse"},
+    "brain_extraction": {"enabled": True, "method": "deepbet", "contrast": "t1n", "apply_to": "all_channels",
+                         "normalize_within_mask": True},
+    "atlas": {"enabled": False},
+    "mirror_axes": [0, 1, 2],  # light_training/prediction.py: 8 flips, outputs averaged
+}
 
 
 def _recipe(config: dict[str, Any]) -> str:
@@ -88,12 +124,67 @@ def export_model(checkpoint: Path, out: Path, *, name: str, version: str, descri
     return out
 
 
+def reference_state_dict(obj: object) -> dict[str, torch.Tensor]:
+    """The weights of a reference-code checkpoint, checked strictly against the reference network.
+
+    Besides `unwrap_state_dict`'s layouts, a ``{"module": state_dict}`` container is accepted, as
+    the reference's 4_predict.py ``filte_state_dict`` does. Raises CheckpointError otherwise.
+    """
+    if isinstance(obj, Mapping) and isinstance(obj.get("module"), Mapping) and "state_dict" not in obj:
+        obj = obj["module"]
+    state, _ = unwrap_state_dict(obj)
+    check_compatible(SegMamba(**REFERENCE_ARGS), state)
+    return state
+
+
+def export_reference_model(checkpoint: Path, out: Path, *, name: str = "segmamba-brats2023-reference",
+                           version: str = "1.0.0",
+                           description: str = "SegMamba trained with the reference authors' BraTS 2023 recipe",
+                           intended_use: str = "Research use only - NOT FOR CLINICAL USE",
+                           sw_batch_size: int = 1) -> Path:
+    """Write ``out/metadata.json`` and ``out/model.pt`` for a checkpoint of the reference code."""
+    data = Path(checkpoint).read_bytes()
+    obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = reference_state_dict(obj)
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous() for k, v in state.items()}, out / WEIGHTS_NAME)
+    card = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "intended_use": intended_use,
+        "network": {"type": "segmamba", "args": REFERENCE_ARGS, "weights": WEIGHTS_NAME,
+                    "dtype": "/".join(dtypes)},
+        "channel_order": REFERENCE_CHANNEL_ORDER,
+        # The nearest setting today's model-input operator knows; input_convention.normalize is exact.
+        "preprocessing": {"spacing_mm": 1.0, "crop_foreground": True, "normalize": "zscore_nonzero"},
+        "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
+                      "sw_batch_size": sw_batch_size, "mirror_tta": True},
+        "postprocessing": {"min_tumour_ml": 0.0},
+        "labels": LABELS,
+        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "input_convention": REFERENCE_CONVENTION,
+        "training": {
+            "data": "BraTS 2023 glioma (skull-stripped, co-registered, SRI24 1 mm), as the reference recipe",
+            "recipe": f"{REFERENCE_SOURCE}: 3_train.py (cross-entropy over labels 0-3, SGD 1e-2 momentum 0.99 "
+                      "Nesterov, weight decay 3e-5, poly schedule, 128^3 patches)",
+            "checkpoint": {"file": Path(checkpoint).name, "sha256": hashlib.sha256(data).hexdigest()},
+        },
+    }
+    (out / "metadata.json").write_text(json.dumps(card, indent=2) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="RUN_DIR/best.pt or last.pt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="RUN_DIR/best.pt or last.pt (segmamba.train)")
+    source.add_argument("--reference-checkpoint", type=Path,
+                        help="a checkpoint saved by the reference training code (weights kept as they are)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--name", default="segmamba-demo")
-    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--name", help="default segmamba-demo; segmamba-brats2023-reference for a reference checkpoint")
+    parser.add_argument("--version", help="default 0.1.0 (1.0.0 with --reference-checkpoint)")
     parser.add_argument("--description", default="SegMamba brain-tumour segmentation (BraTS 2023 labels)")
     parser.add_argument("--intended-use", default="Research use only - NOT FOR CLINICAL USE")
     parser.add_argument("--demo", action="store_true", help=f"intended_use = {DEMO_INTENDED_USE!r}")
@@ -107,9 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dicom-metrics-json", type=Path,
                         help="summary.json of 'python -m app evaluate' (held-out studies through the DICOM path)")
     args = parser.parse_args(argv)
+    if args.reference_checkpoint is not None:
+        named = {k: v for k, v in (("name", args.name), ("version", args.version)) if v}
+        out = export_reference_model(args.reference_checkpoint, args.out, intended_use=args.intended_use,
+                                     sw_batch_size=args.sw_batch_size, **named)
+        print(f"wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
+        return
     extra = json.loads(args.metrics_json.read_text()) if args.metrics_json else None
     dicom = json.loads(args.dicom_metrics_json.read_text()) if args.dicom_metrics_json else None
-    out = export_model(args.checkpoint, args.out, name=args.name, version=args.version, description=args.description,
+    out = export_model(args.checkpoint, args.out, name=args.name or "segmamba-demo", version=args.version or "0.1.0",
+                       description=args.description,
                        intended_use=DEMO_INTENDED_USE if args.demo else args.intended_use, overlap=args.overlap,
                        sw_batch_size=args.sw_batch_size, mirror_tta=args.mirror_tta, float16=not args.float32,
                        min_tumour_ml=args.min_tumour_ml, extra_metrics=extra, dicom_metrics=dicom)
