@@ -21,8 +21,11 @@ codes (the decoder raises) and values outside the stored range.
 
 from __future__ import annotations
 
+import logging
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pydicom
@@ -71,7 +74,7 @@ def decode_frame(dataset: pydicom.Dataset, index: int = 0) -> np.ndarray:
             f"no decoder plugin installed for {syntax.name} ({syntax}); missing: {decoder.missing_dependencies}"
         )
     plugin = PREFERRED_PLUGIN if PREFERRED_PLUGIN in decoder.available_plugins else ""
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _pydicom_quiet():
         warnings.simplefilter("always")
         try:
             array, _ = decoder.as_array(dataset, index=index, decoding_plugin=plugin)
@@ -81,6 +84,19 @@ def decode_frame(dataset: pydicom.Dataset, index: int = 0) -> np.ndarray:
         raise FrameDecodeError(f"decoder warned: {_summary(caught[0].message)}")
     _check_array(array, dataset)
     return array
+
+
+@contextmanager
+def _pydicom_quiet() -> Iterator[None]:
+    """Silence pydicom's logger while decoding: it logs each failing plugin with a traceback, and the
+    failure is reported once, as a FrameDecodeError, instead."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_codestream(data: bytes, dataset: pydicom.Dataset, syntax: str) -> None:
