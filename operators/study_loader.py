@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,15 +119,18 @@ def _read_file(path: Path, relative: str, contents: FolderContents) -> None:
         inventory.skipped.append(SkippedFile(relative, "not DICOM (no DICM preamble, no DICOM data set)"))
         return
     try:
-        dataset = pydicom.dcmread(path, force=not preamble)
+        with warnings.catch_warnings():
+            if not preamble:  # probing a file that may be anything: its parse warnings mean nothing yet
+                warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, force=not preamble)
+            if not preamble and not _plausible(dataset):
+                inventory.skipped.append(SkippedFile(relative, "not DICOM (no DICM preamble, no DICOM identifiers)"))
+                return
     except Exception as error:  # pydicom raises InvalidDicomError, EOFError, ValueError, struct.error, ...
         if not preamble:
             inventory.skipped.append(SkippedFile(relative, f"not DICOM (does not parse: {_reason(error)})"))
             return
         inventory.unreadable.append(_unreadable(path, relative, f"does not parse ({_reason(error)}; truncated?)"))
-        return
-    if not preamble and not _plausible(dataset):
-        inventory.skipped.append(SkippedFile(relative, "not DICOM (no DICM preamble, no DICOM identifiers)"))
         return
     if dataset.get("SOPClassUID") == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset:
         inventory.skipped.append(SkippedFile(relative, "DICOMDIR (media directory; the files are read directly)"))
