@@ -105,7 +105,8 @@ def sort_slices(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
         needed = _GEOMETRY_KEYWORDS if frame_source(ds) else (*_GEOMETRY_KEYWORDS, "PixelData")
         missing = [keyword for keyword in needed if _is_empty(ds.get(keyword))]
         if missing:
-            raise VolumeError(f"{name}: instance {ds.get('SOPInstanceUID')} lacks {', '.join(missing)}")
+            path = relative_path(ds)
+            raise VolumeError(f"{name}: file {path} lacks {', '.join(missing)}", file=path)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise VolumeError(f"{name}: multi-frame instances of this SOP class are not supported")
     temporal = {ds.get("TemporalPositionIdentifier") for ds in datasets} - {None}
