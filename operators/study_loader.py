@@ -116,7 +116,9 @@ def _read_file(path: Path, relative: str, contents: FolderContents) -> None:
     inventory = contents.inventory
     preamble = _has_preamble(path)
     if not preamble and not _looks_like_dataset(path):
-        inventory.skipped.append(SkippedFile(relative, "not DICOM (no DICM preamble, no DICOM data set)"))
+        empty = path.stat().st_size == 0
+        reason = "not DICOM (empty file)" if empty else "not DICOM (no DICM preamble, no DICOM data set)"
+        inventory.skipped.append(SkippedFile(relative, reason))
         return
     try:
         with warnings.catch_warnings():

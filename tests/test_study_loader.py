@@ -49,6 +49,7 @@ EXTRAS = {
     "REPORT/report.pdf": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
     "JPEG/IMG0001.JPG": _jpeg(),
     "noise.bin": b"\x08\x00\x05\x00" + bytes((7 * i) % 251 for i in range(600)),  # starts like a data set
+    "VIEWER/empty.log": b"",
 }
 
 
