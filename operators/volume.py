@@ -92,9 +92,10 @@ def _is_empty(value: object) -> bool:
 def sort_slices(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """Check that the instances form one rectilinear volume and sort them along the normal.
 
-    Raises VolumeError naming the series and the reason: no or mixed series, multi-frame or
-    4D data, missing geometry, mixed orientation, matrix or pixel spacing, duplicate slice
-    positions, a sheared stack, or uneven slice spacing (gaps).
+    Raises VolumeError naming the series and the reason: no or mixed series, multi-frame data
+    other than the frames of one split Enhanced MR instance, 4D data, missing geometry, mixed
+    orientation, matrix or pixel spacing, duplicate slice positions, a sheared stack, or uneven
+    slice spacing (gaps).
     """
     name = f"series {series_label(datasets)}"
     if len(datasets) < 2:
@@ -109,6 +110,12 @@ def sort_slices(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
             raise VolumeError(f"{name}: file {path} lacks {', '.join(missing)}", file=path)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise VolumeError(f"{name}: multi-frame instances of this SOP class are not supported")
+    originals = {id(source[0]) for source in map(frame_source, datasets) if source is not None}
+    if originals and (len(originals) > 1 or any(frame_source(ds) is None for ds in datasets)):
+        raise VolumeError(
+            f"{name}: frames of {len(originals)} multi-frame instance(s) mixed with other instances "
+            "(a SEG can reference one multi-frame instance per series)"
+        )
     temporal = {ds.get("TemporalPositionIdentifier") for ds in datasets} - {None}
     if len(temporal) > 1:
         raise VolumeError(f"{name}: {len(temporal)} temporal positions (4D series)")

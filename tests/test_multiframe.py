@@ -182,6 +182,17 @@ def test_temporal_positions_in_a_multiframe_file_are_4d(classic: list[Dataset], 
         series_to_volume(read_instances(tmp_path / "in"))
 
 
+def test_frames_of_two_multiframe_files_in_one_series_are_refused(classic: list[Dataset], tmp_path: Path) -> None:
+    """One series must be one multi-frame instance: a SEG can reference only one."""
+    ordered = sort_slices(classic)
+    first, second = legacy_converted(ordered[:6]), legacy_converted(ordered[6:])
+    second.SeriesInstanceUID = first.SeriesInstanceUID
+    _write(first, tmp_path / "in" / "IM1")
+    _write(second, tmp_path / "in" / "IM2")
+    with pytest.raises(VolumeError, match="frames of 2 multi-frame instance"):
+        series_to_volume(read_instances(tmp_path / "in"))
+
+
 def test_functional_groups_that_miss_frames_make_the_file_unreadable(classic: list[Dataset], tmp_path: Path) -> None:
     image = legacy_converted(classic)
     image.PerFrameFunctionalGroupsSequence = Sequence(list(image.PerFrameFunctionalGroupsSequence)[:-1])
