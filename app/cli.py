@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, Settings, load_settings
+from app.process_env import prepare_process
 
 EXIT_STUDY_FAILED = 2
 log = logging.getLogger("app")
@@ -179,6 +180,7 @@ def _fail(error: BaseException, settings: Settings | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prepare_process()  # before monai is imported: any uid and any HOME, as in containers run with --user
     argv = list(sys.argv[1:] if argv is None else argv)
     demo = bool(argv) and argv[0] == "demo"
     if argv and argv[0] == "serve":

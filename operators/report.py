@@ -54,6 +54,7 @@ def build_report(
     timings: Mapping[str, float],
     *,
     created: datetime | None = None,
+    selection: Any | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report: per-label and per-region voxel counts and volumes (mL).
 
@@ -61,7 +62,8 @@ def build_report(
     `voxel_volume_ml` the volume of one of its voxels, `regions` name -> label values (e.g.
     {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}), `model` at least name and version,
     `input_series` role -> description/UID (strings or JSON-able mappings), `timings` step ->
-    seconds. `created` defaults to now (UTC).
+    seconds. `created` defaults to now (UTC). `selection` (a SeriesSelection) adds the
+    "series_selection" section (see `series_section`).
     """
     if not (isinstance(voxel_volume_ml, numbers.Real) and math.isfinite(voxel_volume_ml) and voxel_volume_ml > 0):
         raise ValueError(f"voxel_volume_ml must be a positive finite number, not {voxel_volume_ml!r}")
@@ -99,7 +101,7 @@ def build_report(
             raise ValueError(f"timing {step!r} is not finite")
         timing_entries[str(step)] = round(float(seconds), 3)
     stamp = (created or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-    return {
+    report = {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,
         "created": stamp,
@@ -110,6 +112,37 @@ def build_report(
         "labels": label_entries,
         "regions": region_entries,
         "timings_s": timing_entries,
+    }
+    if selection is not None:
+        report["series_selection"] = series_section(selection)
+    return report
+
+
+def series_section(selection: Any) -> dict[str, Any]:
+    """Every series of the study and what became of it, for report.json.
+
+    From a SeriesSelection: ``series`` (each series with its status, role or the reason it was
+    not used; the selected ones with their runners-up and why each lost; the lossy flag),
+    ``foreign_series`` (series of other studies/patients in the same input, why not used),
+    ``skipped_files`` and ``unreadable_files`` (the loader's inventory) and ``policy`` (the
+    preferences and derived-image policy that were applied).
+    """
+    choices = dict(selection.choices)
+    by_uid = {choice.series_instance_uid: choice for choice in choices.values()}
+    entries = []
+    for entry in selection.series:
+        item = entry.to_dict()
+        choice = by_uid.get(entry.series_instance_uid)
+        if choice is not None:
+            item["runners_up"] = [runner.to_dict() for runner in choice.runners_up]
+        entries.append(item)
+    inventory = selection.inventory.to_dict() if selection.inventory is not None else {}
+    return {
+        "policy": _jsonable(dict(selection.policy)),
+        "series": _jsonable(entries),
+        "foreign_series": _jsonable([f.to_dict() for f in selection.foreign]),
+        "skipped_files": _jsonable(inventory.get("skipped_files", [])),
+        "unreadable_files": _jsonable(inventory.get("unreadable_files", [])),
     }
 
 

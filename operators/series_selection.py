@@ -1,47 +1,65 @@
 """Pick the four structural MR series of a brain-tumour study: t1n, t1c, t2w, t2f.
 
 Input is the headers of a study's series (SeriesInstanceUID -> instances; pixel data is not
-needed) and a rules dict (`operators/series_rules.json` by default, see `load_rules`). Output is a
-`SeriesSelection` (role -> series, with the reason each was chosen), or a `SeriesSelectionError`
-whose message lists every series found and why each candidate was rejected for each role that is
-missing or ambiguous.
+needed; an Enhanced MR file arrives split into per-frame datasets, so "instances" are frames) and
+a rules dict (`operators/series_rules.json` by default, see `load_rules`). Output is a
+`SeriesSelection` (role -> series with the reason and the runners-up, plus one entry per series
+of the study for the report), or a `SeriesSelectionError` whose first line is the whole reason and
+whose details list every series found and why each candidate was rejected.
 
 Policy, in order:
 
-1. Ignored, whatever the rules say (the reason shows in error messages): modality other than MR;
+1. Ignored, whatever the rules say (the reason shows in the report): modality other than MR;
    ImageType LOCALIZER; diffusion (DiffusionBValue > 0, ImageType DIFFUSION/ADC/TRACEW/...);
-   derived images (ImageType value 1 DERIVED: MPR, MIP, subtraction); phase images (ImageType
-   P/PHASE); 4D series (two instances at one ImagePositionPatient, TemporalPositionIdentifier > 1
-   or NumberOfTemporalPositions > 1); fewer than `min_slices` instances. Then every series that
-   matches an entry of the rules' `ignore` list (localizer/DWI/MPR/SWI... descriptions).
+   derived kinds that are never usable (rules' `derived.never_usable` ImageType values: MIP,
+   MinIP, projections, subtractions, phase, parametric maps, mosaics; or a DERIVED\\SECONDARY
+   image that is not a reformat); 4D series; fewer than `min_slices` instances; a PatientID other
+   than the study's. Then every series that matches an entry of the rules' `ignore` list.
+   Derivation is read from ImageType first; description words (`derived.description_*`) are only
+   a hint used when ImageType is absent or says DERIVED without telling the kind, and never
+   override ImageType ORIGINAL (Siemens `t1_mpr_sag_p2_iso` is an MPRAGE acquisition).
+   Reformats (MPR) stay eligible at the lowest preference; DERIVED\\PRIMARY (e.g. a lossy copy)
+   is eligible like an original, and lossy compression is recorded.
 2. Description evidence: a series is a candidate for a role when it matches one of the rules'
    `selections` with that name (DICOMSeriesSelectorOperator format and semantics, see
-   `match_conditions`). A t1n match whose ContrastBolusAgent is set (not "NONE"...) moves to t1c
-   unless its description explicitly says pre-contrast (`attributes.explicit_pre_contrast`).
+   `match_conditions`). For T1 descriptions, contrast attributes (ContrastBolusAgent,
+   -Ingredient, -Volume, -StartTime, ContrastBolusAgentSequence) overrule the words: attributes
+   saying post-contrast make a t1c, a ContrastBolusStartTime after the series makes a t1n, and
+   the reason says that the attributes won. Attributes that every candidate series carries
+   without a ContrastBolusStartTime were entered once for the whole exam and are no evidence.
 3. Attribute evidence, for a role with no description candidate: series whose description matches
    no selection are classified from ScanningSequence, RepetitionTime, EchoTime and InversionTime
    (`attributes` thresholds): long-TI inversion recovery with long TE is FLAIR (t2f); long TR and
    TE is t2w; short TE with short TR or a T1-range inversion (MPRAGE, T1-FLAIR) is T1, which is t1c
-   with ContrastBolusAgent and t1n without.
+   with contrast attributes and t1n without.
 4. Order fallback (`order_fallback`, default on): if t1c still has no candidate and exactly two
    T1 series are t1n candidates, the later one (AcquisitionTime, else SeriesTime, else SeriesNumber)
    is t1c and the earlier t1n: contrast is given after the native T1.
-5. Ties (several candidates for one role), narrowed in this order: candidates whose attribute class
-   agrees with the role beat those that disagree; for t1n, series acquired before the chosen t1c beat
-   later ones; then the rules' `prefer` criteria ("3d", "most_slices", "latest", "earliest"), each
-   keeping the best. A tie that remains is an error: the selector never guesses silently.
+5. Several candidates for one role, narrowed in this order: candidates whose attribute class
+   agrees with the role beat those that disagree; for t1n, series acquired before the chosen t1c
+   beat later ones; then the rules' `prefer` criteria (see `PREFER_CRITERIA`), each keeping the
+   best. The shipped order is a neuroradiologist's: originals over reformats, 3D over 2D, thin
+   over thick slices, finer in-plane, axial over other planes, distortion-corrected over
+   uncorrected copies, lossless over lossy, the later of repeats. Every candidate dropped is a
+   runner-up with the reason it lost. A tie that remains is an error naming the candidates.
 
-Roles are resolved in the order t2f, t2w, t1c, t1n; a series serves at most one role. The
-`DicomSeriesSelector` MONAI Deploy operator (created lazily, so this module imports without
-holoscan) wraps `select_from_studies`.
+Roles are resolved in the order t2f, t2w, t1c, t1n; a series serves at most one role.
+`select_from_studies` works on the SDK's DICOMStudy objects: it lists the series of other
+studies/patients in the input (`SeriesSelection.foreign`), fails the study when the loader's
+StudyInventory holds an unreadable file of (or possibly of) a selected series, and carries the
+inventory for the report. The `DicomSeriesSelector` MONAI Deploy operator (created lazily, so this
+module imports without holoscan) wraps it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import numbers
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,17 +71,46 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
 from operators.errors import StudyError
+from operators.study_inventory import StudyInventory, inventory_of
 
 ROLES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
-PREFER_CRITERIA: tuple[str, ...] = ("3d", "most_slices", "latest", "earliest")
+PREFER_CRITERIA: tuple[str, ...] = (
+    "original",
+    "3d",
+    "thinnest",
+    "finest_in_plane",
+    "axial",
+    "distortion_corrected",
+    "lossless",
+    "latest",
+    "earliest",
+    "most_slices",
+)
+DEFAULT_PREFER: tuple[str, ...] = (
+    "original",
+    "3d",
+    "thinnest",
+    "finest_in_plane",
+    "axial",
+    "distortion_corrected",
+    "lossless",
+    "latest",
+)
 DEFAULT_RULES_PATH = Path(__file__).with_name("series_rules.json")
+log = logging.getLogger(__name__)
 
 _RESOLUTION_ORDER = ("t2f", "t2w", "t1c", "t1n")
 _ROLE_KIND = {"t1n": "t1", "t1c": "t1", "t2w": "t2w", "t2f": "t2f"}
 _KIND_NAMES = {"t1": "T1-weighted", "t2w": "T2-weighted", "t2f": "FLAIR"}
 _DIFFUSION_IMAGE_TYPES = frozenset({"DIFFUSION", "ADC", "EADC", "TRACEW", "TRACE", "FA", "DTI"})
-_PHASE_IMAGE_TYPES = frozenset({"P", "PHASE", "PHASE MAP"})
+_DISTORTION_CORRECTED = frozenset({"DIS2D", "DIS3D"})
+_LOSSY_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG extended",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+}
 _ORIENTATIONS = ("Sagittal", "Coronal", "Axial")
+_SIMILAR = 1.1  # sizes within 10% count as equal for "thinnest" and "finest_in_plane"
 _ATTRIBUTE_DEFAULTS: dict[str, Any] = {
     "use": True,
     "explicit_pre_contrast": r"(?i)(?<![a-z0-9])(?:pre|w/o|without|nativ|non[-_ ]?contrast)",
@@ -76,7 +123,16 @@ _ATTRIBUTE_DEFAULTS: dict[str, Any] = {
     "t1_max_repetition_ms": 1000,
     "t1_inversion_ms": [300, 1300],
 }
-_TOP_LEVEL_KEYS = frozenset({"selections", "ignore", "min_slices", "prefer", "order_fallback", "attributes"})
+_DERIVED_DEFAULTS: dict[str, Any] = {
+    "never_usable": [
+        "MIP", "MINIP", "MNIP", "PROJECTION", "SUBTRACTION", "SUB", "P", "PHASE", "R", "REAL", "I", "IMAGINARY",
+        "MAP", "MOSAIC", "VRT", "FUSED", "CBF", "CBV", "MTT", "TTP",
+    ],
+    "reformat": ["MPR", "REFORMAT", "REFORMATTED", "CSAMPR", "CSAPARALLEL"],
+    "description_never_usable": r"(?i)(?<![a-z0-9])(?:mip|minip|mnip|sub|subtraction|projection)(?![a-z0-9])",
+    "description_reformat": r"(?i)(?<![a-z0-9])(?:mpr|reformat|reformatted|rfmt)(?![a-z0-9])",
+}  # fmt: skip
+_TOP_LEVEL_KEYS = frozenset({"selections", "ignore", "min_slices", "prefer", "order_fallback", "attributes", "derived"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,23 +140,94 @@ _TOP_LEVEL_KEYS = frozenset({"selections", "ignore", "min_slices", "prefer", "or
 
 
 @dataclass(frozen=True)
-class RoleChoice:
-    """The series chosen for one role and why."""
+class RunnerUp:
+    """A candidate for a role that lost to the chosen series, and why."""
 
     series_instance_uid: str
     description: str
     series_number: int | None
     reason: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RoleChoice:
+    """The series chosen for one role, why, the candidates it beat, and whether it was lossy."""
+
+    series_instance_uid: str
+    description: str
+    series_number: int | None
+    reason: str
+    runners_up: tuple[RunnerUp, ...] = ()
+    lossy: bool = False
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """One series of the study for the report: what became of it and why.
+
+    ``status`` is "selected" (``role`` set), "runner-up" (lost the ``role`` it competed for),
+    "not used" (a usable series no role needed) or "ignored" (never a candidate).
+    """
+
+    series_instance_uid: str
+    series_number: int | None
+    description: str
+    modality: str
+    instances: int
+    status: str
+    role: str | None
+    reason: str
+    image_type: str = ""
+    acquisition: str = ""
+    plane: str = ""
+    slice_mm: float | None = None
+    lossy: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ForeignSeries:
+    """A series of another study or patient in the same input, and why it was not used."""
+
+    study_instance_uid: str
+    patient_id: str
+    series_instance_uid: str
+    series_number: int | None
+    description: str
+    instances: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True)
 class SeriesSelection:
-    """Role -> chosen series for one study, plus the series that were ignored (uid -> reason)."""
+    """Role -> chosen series for one study, plus every series' fate (for the report).
+
+    ``ignored`` maps uid -> reason for the series that were never candidates; ``series`` has one
+    entry per series of the study; ``foreign`` the series of other studies/patients in the same
+    input; ``inventory`` the loader's record of files it did not load; ``policy`` the preferences
+    and derived-image policy that were applied.
+    """
 
     study_instance_uid: str
     accession_number: str
     choices: Mapping[str, RoleChoice]
     ignored: Mapping[str, str] = field(default_factory=dict)
+    series: tuple[SeriesEntry, ...] = ()
+    foreign: tuple[ForeignSeries, ...] = ()
+    inventory: StudyInventory | None = None
+    patient_id: str = ""
+    policy: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def series_uids(self) -> dict[str, str]:
@@ -113,13 +240,15 @@ class SeriesSelection:
         return {role: choice.reason for role, choice in self.choices.items()}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Role -> {series_instance_uid, description, series_number, reason} (JSON-ready)."""
+        """Role -> {series_instance_uid, description, series_number, reason, lossy, runners_up} (JSON-ready)."""
         return {
             role: {
                 "series_instance_uid": c.series_instance_uid,
                 "description": c.description,
                 "series_number": c.series_number,
                 "reason": c.reason,
+                "lossy": c.lossy,
+                "runners_up": [r.to_dict() for r in c.runners_up],
             }
             for role, c in self.choices.items()
         }
@@ -129,6 +258,8 @@ class SeriesSelection:
         lines = [f"Series selected for study {self.study_instance_uid} (accession {self.accession_number or '-'}):"]
         for role, c in self.choices.items():
             lines.append(f"  {role}: {c.description!r} ({c.series_instance_uid}): {c.reason}")
+            lines.extend(f"    runner-up #{r.series_number} {r.description!r}: {r.reason}" for r in c.runners_up)
+        lines.extend(f"  not used, {f.description!r} ({f.series_instance_uid}): {f.reason}" for f in self.foreign)
         return "\n".join(lines)
 
 
@@ -169,8 +300,9 @@ class SeriesSelectionError(StudyError, ValueError):
 def load_rules(source: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Load and validate selection rules: None (shipped defaults), a path, JSON text or a mapping.
 
-    Missing optional keys get their defaults; unknown keys (other than "_comment"-style keys
-    starting with "_") and malformed entries raise ValueError.
+    Missing optional keys get their defaults (a missing "prefer" gets `DEFAULT_PREFER`; [] or
+    "none" means fail on every tie); unknown keys (other than "_comment"-style keys starting with
+    "_") and malformed entries raise ValueError.
     """
     if source is None:
         raw: Any = json.loads(DEFAULT_RULES_PATH.read_text(encoding="utf-8"))
@@ -190,7 +322,7 @@ def load_rules(source: str | Path | Mapping[str, Any] | None = None) -> dict[str
     min_slices = raw.get("min_slices", 10)
     if not isinstance(min_slices, int) or isinstance(min_slices, bool) or min_slices < 1:
         raise ValueError(f"min_slices must be a positive integer, not {min_slices!r}")
-    prefer = raw.get("prefer", [])
+    prefer = raw.get("prefer", list(DEFAULT_PREFER))
     if prefer is None or prefer == "none":
         prefer = []
     if isinstance(prefer, str):
@@ -200,20 +332,20 @@ def load_rules(source: str | Path | Mapping[str, Any] | None = None) -> dict[str
     order_fallback = raw.get("order_fallback", True)
     if not isinstance(order_fallback, bool):
         raise ValueError("order_fallback must be true or false")
-    attributes = dict(_ATTRIBUTE_DEFAULTS)
-    given = raw.get("attributes", {})
-    if not isinstance(given, Mapping):
-        raise ValueError("attributes must be an object")
-    bad = sorted(k for k in given if k not in _ATTRIBUTE_DEFAULTS and not str(k).startswith("_"))
-    if bad:
-        raise ValueError(f"unknown keys in attributes: {bad}; allowed: {sorted(_ATTRIBUTE_DEFAULTS)}")
-    attributes.update({k: v for k, v in given.items() if not str(k).startswith("_")})
+    attributes = _merge_section(raw, "attributes", _ATTRIBUTE_DEFAULTS)
     for key in ("explicit_pre_contrast", "no_contrast_agent"):
         re.compile(attributes[key])
     for key in ("flair_inversion_ms", "t1_inversion_ms"):
         low, high = attributes[key]
         if not low <= high:
             raise ValueError(f"attributes.{key} must be [low, high]")
+    derived = _merge_section(raw, "derived", _DERIVED_DEFAULTS)
+    for key in ("never_usable", "reformat"):
+        if not isinstance(derived[key], list) or not all(isinstance(v, str) for v in derived[key]):
+            raise ValueError(f"derived.{key} must be a list of ImageType values")
+        derived[key] = [v.strip().upper() for v in derived[key]]
+    for key in ("description_never_usable", "description_reformat"):
+        re.compile(derived[key])
     return {
         "selections": selections,
         "ignore": ignore,
@@ -221,7 +353,20 @@ def load_rules(source: str | Path | Mapping[str, Any] | None = None) -> dict[str
         "prefer": list(prefer),
         "order_fallback": order_fallback,
         "attributes": attributes,
+        "derived": derived,
     }
+
+
+def _merge_section(raw: Mapping[str, Any], key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    given = raw.get(key, {})
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{key} must be an object")
+    bad = sorted(k for k in given if k not in defaults and not str(k).startswith("_"))
+    if bad:
+        raise ValueError(f"unknown keys in {key}: {bad}; allowed: {sorted(defaults)}")
+    merged.update({k: v for k, v in given.items() if not str(k).startswith("_")})
+    return merged
 
 
 def _check_entries(entries: Any, where: str, names: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -354,11 +499,20 @@ class _Series:
     n_instances: int
     ignore_reasons: list[str]
     time_key: str | None
-    roles: tuple[str, ...] = ()  # description roles after the contrast move
+    derived: str = "original"  # original | derived-primary | reformat | never
+    derived_note: str = ""
+    lossy: str = ""  # why the series counts as lossy-compressed, "" when it does not
+    slice_mm: float | None = None
+    in_plane_mm: float | None = None
+    plane: str | None = None
+    distortion: str = ""  # ND, DIS2D, DIS3D or ""
+    contrast: str | None = None  # attributes say "post" or "pre"; None: no attribute evidence
+    contrast_text: str = ""
+    bolus_timed: bool = False
+    roles: tuple[str, ...] = ()  # description roles after the contrast decision
     role_note: str = ""
     kind: str | None = None
     kind_text: str = ""
-    agent: str | None = None
 
     @property
     def description(self) -> str:
@@ -367,6 +521,10 @@ class _Series:
     @property
     def modality(self) -> str:
         return str(self.header.get("Modality", "") or "")
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.header.get("PatientID", "") or "").strip()
 
     @property
     def number(self) -> int | None:
@@ -381,19 +539,28 @@ class _Series:
         return str(self.header.get("MRAcquisitionType", "") or "").upper()
 
     @property
+    def image_type(self) -> str:
+        return _join(self.header.get("ImageType"))
+
+    @property
     def label(self) -> str:
         number = f"#{self.number}" if self.number is not None else f"[...{self.uid[-8:]}]"
         return f"{number} {self.description!r}"
 
     @property
+    def full_label(self) -> str:
+        return f"{self.label} ({self.uid})"
+
+    @property
     def attribute_role(self) -> str | None:
         if self.kind == "t1":
-            return "t1c" if self.agent else "t1n"
+            return "t1c" if self.contrast == "post" else "t1n"
         return self.kind
 
     def details(self) -> str:
         when = _format_time(self.time_key)
-        return f"{self.n_instances} instances, {self.acquisition_type or '?'}, acquired {when}"
+        slices = f", {self.slice_mm:g} mm slices" if self.slice_mm else ""
+        return f"{self.n_instances} instances, {self.acquisition_type or '?'}{slices}, acquired {when}"
 
 
 def _describe_series(uid: str, instances: Sequence[Dataset], rules: Mapping[str, Any]) -> _Series:
@@ -406,19 +573,18 @@ def _describe_series(uid: str, instances: Sequence[Dataset], rules: Mapping[str,
     elif modality.upper() != "MR":
         reasons.append(f"modality {modality or 'missing'}, not MR")
     image_types: set[str] = set()
-    derived = False
     b_max = 0.0
     positions: list[tuple[float, ...]] = []
     temporal = 0
+    lossy = ""
     for ds in ordered:
-        types = [str(v).upper() for v in _as_list(ds.get("ImageType"))]
-        image_types.update(types)
-        derived = derived or (bool(types) and types[0] == "DERIVED")
+        image_types.update(str(v).strip().upper() for v in _as_list(ds.get("ImageType")))
         b_max = max(b_max, _float(ds.get("DiffusionBValue")) or 0.0)
         position = ds.get("ImagePositionPatient")
         if position is not None and len(position) == 3:
             positions.append(tuple(round(float(v), 2) for v in position))
         temporal = max(temporal, _int(ds.get("TemporalPositionIdentifier"), 0))
+        lossy = lossy or _lossy(ds)
     temporal = max(temporal, _int(header.get("NumberOfTemporalPositions"), 0))
     if "LOCALIZER" in image_types:
         reasons.append("localizer (ImageType LOCALIZER)")
@@ -426,10 +592,9 @@ def _describe_series(uid: str, instances: Sequence[Dataset], rules: Mapping[str,
         reasons.append(f"diffusion (DiffusionBValue up to {b_max:g})")
     elif image_types & _DIFFUSION_IMAGE_TYPES:
         reasons.append(f"diffusion (ImageType {'/'.join(sorted(image_types & _DIFFUSION_IMAGE_TYPES))})")
-    if derived:
-        reasons.append(f"derived image (ImageType {_join(header.get('ImageType'))})")
-    if image_types & _PHASE_IMAGE_TYPES:
-        reasons.append("phase image (ImageType)")
+    derived, derived_note = _derivation(header, image_types, rules["derived"])
+    if derived == "never":
+        reasons.append(derived_note)
     if len(positions) != len(set(positions)):
         reasons.append(f"4D: {len(positions)} instances at {len(set(positions))} positions")
     elif temporal > 1:
@@ -442,29 +607,138 @@ def _describe_series(uid: str, instances: Sequence[Dataset], rules: Mapping[str,
     if ordered and len(ordered) < rules["min_slices"]:
         reasons.append(f"{len(ordered)} instance(s), fewer than the minimum of {rules['min_slices']}")
     times = [t for t in (_time_key(ds) for ds in ordered) if t is not None]
-    return _Series(uid, header, len(ordered), reasons, min(times) if times else None)
+    series = _Series(uid, header, len(ordered), reasons, min(times) if times else None, derived, derived_note, lossy)
+    series.plane = _orientation(header.get("ImageOrientationPatient"))
+    series.slice_mm, series.in_plane_mm = _geometry(header, positions)
+    series.distortion = next((t for t in ("DIS3D", "DIS2D", "ND") if t in image_types), "")
+    series.contrast, series.contrast_text, series.bolus_timed = _contrast_evidence(
+        header, series.time_key, rules["attributes"]
+    )
+    return series
+
+
+def _derivation(header: Dataset, image_types: set[str], policy: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, note): ImageType first, description words only where ImageType does not tell."""
+    values = [str(v).strip().upper() for v in _as_list(header.get("ImageType"))]
+    shown = "\\".join(values)
+    never = _image_type_hits(image_types, policy["never_usable"])
+    if never:
+        return "never", f"derived image (ImageType {shown}): {'/'.join(never)} is never used"
+    reformat = _image_type_hits(image_types, policy["reformat"])
+    if reformat:
+        return "reformat", f"reformat (ImageType {shown})"
+    description = str(header.get("SeriesDescription", "") or "")
+    hint_never = re.search(policy["description_never_usable"], description)
+    hint_reformat = re.search(policy["description_reformat"], description)
+    if values and values[0] == "ORIGINAL":
+        if hint_never or hint_reformat:
+            word = (hint_never or hint_reformat).group(0)  # type: ignore[union-attr]
+            return "original", f"ImageType {shown}: an acquisition ({word!r} in the description is not a reformat)"
+        return "original", ""
+    if values and values[0] == "DERIVED" and len(values) > 1 and values[1] == "PRIMARY":
+        return "derived-primary", f"derived from the acquisition (ImageType {shown})"
+    if hint_never:
+        return "never", f"derived image ({hint_never.group(0)!r} in the description, ImageType {shown or 'absent'})"
+    if hint_reformat:
+        return "reformat", f"reformat ({hint_reformat.group(0)!r} in the description, ImageType {shown or 'absent'})"
+    if values and values[0] == "DERIVED":
+        return "never", f"derived image (ImageType {shown}): not a reformat, processing unknown; never used"
+    return "original", ""
+
+
+def _image_type_hits(values: set[str], terms: Sequence[str]) -> list[str]:
+    """The terms found in ImageType values as whole words ("MIP" in "MIP_SAG", "P" in Philips "P_SE")."""
+    tokens = [tuple(re.split(r"[^A-Z0-9]+", value.strip().upper())) for value in values]
+    hits = []
+    for term in terms:
+        wanted = tuple(re.split(r"[^A-Z0-9]+", term.strip().upper()))
+        n = len(wanted)
+        if any(words[i : i + n] == wanted for words in tokens for i in range(len(words) - n + 1)):
+            hits.append(term)
+    return hits
+
+
+def _lossy(ds: Dataset) -> str:
+    if str(ds.get("LossyImageCompression", "") or "").strip() == "01":
+        method = _join(ds.get("LossyImageCompressionMethod")) or "method not given"
+        ratio = _join(ds.get("LossyImageCompressionRatio"))
+        return f"LossyImageCompression 01 ({method}{', ratio ' + ratio if ratio else ''})"
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if syntax in _LOSSY_TRANSFER_SYNTAXES:
+        return f"transfer syntax {_LOSSY_TRANSFER_SYNTAXES[syntax]}"
+    return ""
+
+
+def _geometry(header: Dataset, positions: Sequence[tuple[float, ...]]) -> tuple[float | None, float | None]:
+    """(through-plane mm: the larger of SliceThickness and slice spacing, in-plane mm: sqrt of pixel area)."""
+    thickness = _float(header.get("SliceThickness"))
+    spacing = None
+    cosines = [_float(v) for v in _as_list(header.get("ImageOrientationPatient"))]
+    if len(cosines) == 6 and None not in cosines and len(set(positions)) > 1:
+        normal = np.cross(np.array(cosines[:3], dtype=float), np.array(cosines[3:], dtype=float))
+        depths = np.unique(np.round(np.asarray(sorted(set(positions)), dtype=float) @ normal, 2))
+        if depths.size > 1:
+            spacing = float(np.median(np.diff(depths)))
+    through = max((v for v in (thickness, spacing) if v), default=None)
+    pixel = [_float(v) for v in _as_list(header.get("PixelSpacing"))]
+    in_plane = math.sqrt(pixel[0] * pixel[1]) if len(pixel) == 2 and None not in pixel else None  # type: ignore[operator]
+    return (round(through, 3) if through else None), (round(in_plane, 4) if in_plane else None)
+
+
+def _contrast_evidence(header: Dataset, time_key: str | None, attrs: Mapping[str, Any]) -> tuple[str | None, str, bool]:
+    """What the contrast attributes say: ("post" | "pre" | None, the words for the reason, timed)."""
+    found = []
+    agent = str(header.get("ContrastBolusAgent", "") or "").strip()
+    if agent and not re.search(attrs["no_contrast_agent"], agent):
+        found.append(f"ContrastBolusAgent {agent!r}")
+    ingredient = _join(header.get("ContrastBolusIngredient")).strip()
+    if ingredient and not re.search(attrs["no_contrast_agent"], ingredient):
+        found.append(f"ContrastBolusIngredient {ingredient!r}")
+    volume = _float(header.get("ContrastBolusVolume"))
+    if volume:
+        found.append(f"ContrastBolusVolume {volume:g} ml")
+    sequence = header.get("ContrastBolusAgentSequence")
+    if sequence:
+        meaning = str(sequence[0].get("CodeMeaning", "") or sequence[0].get("CodeValue", "") or "coded")
+        found.append(f"ContrastBolusAgentSequence {meaning!r}")
+    start = str(header.get("ContrastBolusStartTime", "") or "").replace(":", "").strip()
+    if not found and not start:
+        return None, "", False
+    if start and time_key:
+        whole, _, fraction = start.partition(".")
+        bolus = f"{whole:0<6}.{fraction:0<6}"
+        shown = _format_time("00000000" + bolus)
+        if time_key[8:] < bolus:
+            return "pre", f"ContrastBolusStartTime {shown} is after this series ({_format_time(time_key)})", True
+        found.append(f"ContrastBolusStartTime {shown} (series at {_format_time(time_key)})")
+    elif start:
+        found.append(f"ContrastBolusStartTime {start}")
+    return "post", f"{', '.join(found)} says post-contrast", bool(start)
 
 
 def _classify(series: _Series, rules: Mapping[str, Any]) -> None:
-    """Fill description roles, attribute class and contrast agent of a candidate series."""
+    """Fill description roles (contrast attributes overruling words), attribute class."""
     attrs = rules["attributes"]
     header = series.header
-    agent = str(header.get("ContrastBolusAgent", "") or "").strip()
-    series.agent = None if re.search(attrs["no_contrast_agent"], agent) else agent
     roles = [
         role
         for role in ROLES
         if any(match_conditions(s["conditions"], header) for s in rules["selections"] if s["name"] == role)
     ]
-    if (
-        "t1n" in roles
-        and "t1c" not in roles
-        and series.agent
-        and attrs["use"]
-        and not re.search(attrs["explicit_pre_contrast"], series.description)
-    ):
-        roles = ["t1c" if r == "t1n" else r for r in roles]
-        series.role_note = f" (matches the t1n rule, but ContrastBolusAgent {series.agent!r} says post-contrast)"
+    t1_role = next((r for r in roles if r in ("t1n", "t1c")), None)
+    if t1_role is not None and len(set(roles) & {"t1n", "t1c"}) == 1 and series.contrast and attrs["use"]:
+        target = "t1c" if series.contrast == "post" else "t1n"
+        if target != t1_role:
+            if t1_role == "t1c":
+                said = "says post-contrast"
+            elif re.search(attrs["explicit_pre_contrast"], series.description):
+                said = "says pre-contrast"
+            else:
+                said = "has no contrast words"
+            roles = [target if r == t1_role else r for r in roles]
+            series.role_note = f" (matches the {t1_role} rule: the description {said}, but {series.contrast_text}:" \
+                               " attributes win)"  # fmt: skip
     series.roles = tuple(roles)
     series.kind, series.kind_text = _attribute_kind(header, attrs)
 
@@ -509,18 +783,23 @@ def select_series(
 
     `series` maps SeriesInstanceUID -> that series' instances (headers suffice). `rules` is
     anything `load_rules` accepts (None: the shipped defaults). Raises SeriesSelectionError when a
-    role is missing or ambiguous, ValueError when the series belong to several studies.
+    role is missing or ambiguous, when the series belong to several studies, or when they belong
+    to several patients in equal numbers.
     """
     config = load_rules(rules)
     infos = [_describe_series(str(uid), instances, config) for uid, instances in series.items()]
     infos.sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.time_key or "", s.uid))
     studies = {str(s.header.get("StudyInstanceUID", "")) for s in infos if s.n_instances}
     if len(studies) > 1:
-        raise ValueError(f"series from {len(studies)} studies given; select per study: {sorted(studies)}")
+        raise SeriesSelectionError(
+            f"Series selection failed: series from {len(studies)} studies given; select per study: {sorted(studies)}"
+        )
     header = next((s.header for s in infos if s.n_instances), Dataset())
     study_uid = str(header.get("StudyInstanceUID", "") or "")
     accession = str(header.get("AccessionNumber", "") or "")
+    patient = _study_patient(infos, study_uid, accession)
     candidates = [s for s in infos if not s.ignore_reasons]
+    _discount_exam_wide_contrast(candidates)
     for s in candidates:
         _classify(s, config)
 
@@ -534,17 +813,108 @@ def select_series(
             missing=[r for r in ROLES if r in resolver.missing],
             ambiguous={r: [s.uid for s in tied] for r, (tied, _) in resolver.ambiguous.items()},
         )
-    choices = {
-        role: RoleChoice(s.uid, s.description, s.number, resolver.reasons[role])
-        for role in ROLES
-        for s in [resolver.chosen[role]]
-    }
+    choices = {}
+    for role in ROLES:
+        s = resolver.chosen[role]
+        reason = resolver.reasons[role] + (f"; lossy-compressed ({s.lossy}), used" if s.lossy else "")
+        runners = tuple(RunnerUp(r.uid, r.description, r.number, why) for r, why in resolver.lost.get(role, []))
+        choices[role] = RoleChoice(s.uid, s.description, s.number, reason, runners, bool(s.lossy))
     ignored = {s.uid: "; ".join(s.ignore_reasons) for s in infos if s.ignore_reasons}
-    return SeriesSelection(study_uid, accession, choices, ignored)
+    entries = tuple(_entry(s, resolver, choices) for s in infos)
+    return SeriesSelection(study_uid, accession, choices, ignored, entries, patient_id=patient, policy=_policy(config))
+
+
+def classify_series(
+    instances: Sequence[Dataset], rules: Mapping[str, Any] | str | Path | None = None
+) -> tuple[str | None, str]:
+    """The role one series is a candidate for on its own, and why: (role, reason) or (None, reason).
+
+    Description evidence first, else attribute evidence, as `select_series` applies them (study-
+    wide steps such as the order fallback and the preferences need the whole study).
+    """
+    config = load_rules(rules)
+    uid = str(instances[0].get("SeriesInstanceUID", "") or "") if instances else ""
+    s = _describe_series(uid, instances, config)
+    if s.ignore_reasons:
+        return None, "ignored: " + "; ".join(s.ignore_reasons)
+    _classify(s, config)
+    if s.roles:
+        if len(s.roles) > 1:
+            return None, f"description matches the {'/'.join(s.roles)} rules"
+        return s.roles[0], f"description {s.description!r} matches the {s.roles[0]} rule{s.role_note}"
+    if config["attributes"]["use"] and s.attribute_role:
+        extra = f"; {s.contrast_text}" if s.contrast_text else ""
+        return s.attribute_role, f"description matches no rule; attributes: {s.kind_text}{extra}"
+    return None, f"description matches no rule; attributes: {s.kind_text}"
+
+
+def _study_patient(infos: list[_Series], study_uid: str, accession: str) -> str:
+    """The study's PatientID (held by most series); series of other patients get an ignore reason."""
+    counts = Counter(s.patient_id for s in infos if s.patient_id and s.n_instances)
+    if not counts:
+        return ""
+    ranked = counts.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        holders = ", ".join(f"{pid!r}: {n} series" for pid, n in ranked)
+        raise SeriesSelectionError(
+            f"Series selection failed for study {study_uid or '(no StudyInstanceUID)'} (accession {accession or '-'}): "
+            f"the study holds series of {len(ranked)} patients ({holders}); cannot tell whose study it is",
+            study_instance_uid=study_uid,
+            accession=accession,
+        )
+    patient = ranked[0][0]
+    for s in infos:
+        if s.patient_id and s.patient_id != patient:
+            s.ignore_reasons.insert(0, f"another patient (PatientID {s.patient_id!r}; the study's is {patient!r})")
+    return patient
+
+
+def _discount_exam_wide_contrast(candidates: list[_Series]) -> None:
+    """Contrast attributes on every candidate, none timed, were entered for the whole exam: no evidence."""
+    if len(candidates) < 2 or not all(s.contrast == "post" and not s.bolus_timed for s in candidates):
+        return
+    for s in candidates:
+        s.contrast = None
+        s.contrast_text = f"{s.contrast_text.removesuffix(' says post-contrast')} on every series, untimed: no evidence"
+
+
+def _policy(config: Mapping[str, Any]) -> dict[str, Any]:
+    derived = config["derived"]
+    return {
+        "prefer": list(config["prefer"]),
+        "never_used_image_types": list(derived["never_usable"]),
+        "lowest_preference_image_types": list(derived["reformat"]),
+        "derived_primary": "eligible like an original (e.g. lossy-compressed copies); lossy compression is reported",
+        "derived_secondary_other": "never used (processing unknown)",
+    }
+
+
+def _entry(s: _Series, resolver: _Resolver, choices: Mapping[str, RoleChoice]) -> SeriesEntry:
+    role = resolver.taken(s)
+    if role is not None:
+        status, reason = "selected", choices[role].reason
+    elif s.ignore_reasons:
+        status, reason = "ignored", "; ".join(s.ignore_reasons)
+    else:
+        lost = next(((r, why) for r, pairs in resolver.lost.items() for c, why in pairs if c is s), None)
+        if lost is not None:
+            role, status, reason = lost[0], "runner-up", lost[1]
+        else:
+            status, reason = "not used", resolver.unused(s)
+    facts = {
+        "image_type": s.image_type,
+        "acquisition": s.acquisition_type,
+        "plane": s.plane or "",
+        "slice_mm": s.slice_mm,
+        "lossy": bool(s.lossy),
+    }
+    if s.lossy and status != "selected":
+        reason += f"; lossy-compressed ({s.lossy})"
+    return SeriesEntry(s.uid, s.number, s.description, s.modality, s.n_instances, status, role, reason, **facts)
 
 
 class _Resolver:
-    """Applies the description / attribute / order / tie-break policy role by role."""
+    """Applies the description / attribute / order / preference policy role by role."""
 
     def __init__(self, candidates: list[_Series], rules: Mapping[str, Any]) -> None:
         self.candidates = candidates
@@ -552,14 +922,16 @@ class _Resolver:
         self.use_attributes = bool(rules["attributes"]["use"])
         self.chosen: dict[str, _Series] = {}
         self.reasons: dict[str, str] = {}
+        self.lost: dict[str, list[tuple[_Series, str]]] = {}
         self.missing: dict[str, str] = {}
         self.ambiguous: dict[str, tuple[list[_Series], list[str]]] = {}
 
-    def _taken(self, s: _Series) -> str | None:
+    def taken(self, s: _Series) -> str | None:
+        """The role `s` was chosen for, if any."""
         return next((role for role, c in self.chosen.items() if c is s), None)
 
     def _pool(self, role: str) -> tuple[list[_Series], str]:
-        free = [s for s in self.candidates if self._taken(s) is None]
+        free = [s for s in self.candidates if self.taken(s) is None]
         by_description = [s for s in free if role in s.roles]
         if by_description:
             return by_description, "description"
@@ -588,22 +960,24 @@ class _Resolver:
 
     def _choose(self, role: str, s: _Series, reason: str) -> None:
         self.chosen[role] = s
-        self.reasons[role] = reason
+        self.reasons[role] = reason + (f"; {s.derived_note}" if s.derived_note else "")
 
     def _why(self, s: _Series, role: str, tier: str) -> str:
         if tier == "description":
             reason = f"description {s.description!r} matches the {role} rule{s.role_note}"
+            if s.contrast is None and s.contrast_text:  # exam-wide contrast attributes, disregarded
+                reason += f"; {s.contrast_text}"
             return reason + (f"; attributes: {s.kind_text}" if s.kind_text else "")
         reason = f"description {s.description!r} matches no rule; attributes: {s.kind_text}"
         if role == "t1c":
-            reason += f"; ContrastBolusAgent {s.agent!r}"
+            reason += f"; {s.contrast_text}"
         elif role == "t1n":
-            reason += "; no ContrastBolusAgent"
+            reason += f"; {s.contrast_text}" if s.contrast_text else "; no contrast attributes"
         return reason
 
     def _order_fallback(self) -> bool:
         pool, tier = self._pool("t1n")
-        if len(pool) != 2 or any(s.agent for s in pool):
+        if len(pool) != 2 or any(s.contrast == "post" for s in pool):
             return False
         ordered = _order(pool)
         if ordered is None:
@@ -624,13 +998,14 @@ class _Resolver:
         return True
 
     def _narrow(self, role: str, pool: list[_Series], notes: list[str]) -> list[_Series]:
+        lost = self.lost.setdefault(role, [])
         if len(pool) > 1 and self.use_attributes:
             agree = [s for s in pool if s.kind == _ROLE_KIND[role]]
             if 0 < len(agree) < len(pool):
                 dropped = [s for s in pool if s not in agree]
-                notes.append(
-                    f"; preferred over {_labels(dropped)}, whose attributes do not say {_KIND_NAMES[_ROLE_KIND[role]]}"
-                )
+                kind = _KIND_NAMES[_ROLE_KIND[role]]
+                notes.append(f"; preferred over {_labels(dropped)}, whose attributes do not say {kind}")
+                lost.extend((s, f"its attributes do not say {kind} ({s.kind_text})") for s in dropped)
                 pool = agree
         post = self.chosen.get("t1c")
         if role == "t1n" and len(pool) > 1 and post is not None:
@@ -638,6 +1013,7 @@ class _Resolver:
             if 0 < len(before) < len(pool):
                 dropped = [s for s in pool if s not in before]
                 notes.append(f"; preferred over {_labels(dropped)}, acquired after the chosen t1c")
+                lost.extend((s, f"acquired after the chosen t1c {post.label}") for s in dropped)
                 pool = before
         for criterion in self.rules["prefer"]:
             if len(pool) < 2:
@@ -646,12 +1022,13 @@ class _Resolver:
             if len(kept) < len(pool):
                 dropped = [s for s in pool if s not in kept]
                 notes.append(f"; preferred over {_labels(dropped)} by prefer={criterion}")
+                lost.extend((s, f"prefer={criterion}: {_why_lost(criterion, s, kept)}") for s in dropped)
                 pool = kept
         return pool
 
     def explain(self, s: _Series, role: str) -> str:
         """Why candidate `s` is not the series for `role`."""
-        taken = self._taken(s)
+        taken = self.taken(s)
         if taken is not None:
             return f"chosen for {taken}"
         if s.roles:
@@ -659,14 +1036,31 @@ class _Resolver:
         if not self.use_attributes:
             return "description matches no rule (attribute evidence disabled)"
         text = f"description matches no rule; attributes: {s.kind_text}"
-        if s.kind == "t1" and role == "t1c" and not s.agent:
-            text += "; no ContrastBolusAgent"
+        if s.kind == "t1" and role == "t1c" and s.contrast != "post":
+            text += f"; {s.contrast_text}" if s.contrast_text else "; no ContrastBolusAgent"
         return text
+
+    def unused(self, s: _Series) -> str:
+        """Why a usable series that competed for no role was not used."""
+        if s.roles:
+            return f"description matches the {'/'.join(s.roles)} rule{s.role_note}, but that role was filled first"
+        if not self.use_attributes:
+            return "description matches no rule (attribute evidence disabled)"
+        role = s.attribute_role
+        if role is None:
+            return f"description matches no rule; attributes: {s.kind_text}"
+        return (
+            f"description matches no rule; attributes say {role} ({s.kind_text}), but a series whose description "
+            f"matches the {role} rule was chosen"
+        )
 
 
 def _failure_message(study_uid: str, accession: str, infos: list[_Series], resolver: _Resolver) -> str:
     problems = [f"no {role} series" for role in ROLES if role in resolver.missing]
-    problems += [f"{len(tied)} series tie for {role}" for role, (tied, _) in resolver.ambiguous.items()]
+    problems += [
+        f"{len(tied)} series tie for {role} ({', '.join(s.full_label for s in tied)}) and no preference separates them"
+        for role, (tied, _) in resolver.ambiguous.items()
+    ]
     if not any(s.modality.upper() == "MR" for s in infos):
         found = sorted({s.modality or "?" for s in infos})
         problems = [f"no MR series in the study (modalities found: {', '.join(found)})"]
@@ -698,13 +1092,26 @@ def _failure_message(study_uid: str, accession: str, infos: list[_Series], resol
 
 
 # --------------------------------------------------------------------------------------------
-# Small helpers
+# Preferences
 
 
 def _prefer(criterion: str, pool: list[_Series]) -> list[_Series]:
+    if criterion == "original":
+        return [s for s in pool if s.derived != "reformat"] or pool
     if criterion == "3d":
-        three_d = [s for s in pool if s.acquisition_type == "3D"]
-        return three_d or pool
+        return [s for s in pool if s.acquisition_type == "3D"] or pool
+    if criterion in ("thinnest", "finest_in_plane"):
+        sizes = [s.slice_mm if criterion == "thinnest" else s.in_plane_mm for s in pool]
+        if any(v is None for v in sizes):
+            return pool
+        best = min(sizes)  # type: ignore[type-var]
+        return [s for s, v in zip(pool, sizes, strict=True) if v <= best * _SIMILAR]  # type: ignore[operator]
+    if criterion == "axial":
+        return [s for s in pool if s.plane == "Axial"] or pool
+    if criterion == "distortion_corrected":
+        return [s for s in pool if s.distortion in _DISTORTION_CORRECTED] or pool
+    if criterion == "lossless":
+        return [s for s in pool if not s.lossy] or pool
     if criterion == "most_slices":
         most = max(s.n_instances for s in pool)
         return [s for s in pool if s.n_instances == most]
@@ -713,6 +1120,36 @@ def _prefer(criterion: str, pool: list[_Series]) -> list[_Series]:
         return pool
     pick = ordered[-1] if criterion == "latest" else ordered[0]
     return [s for s in pool if _order_key(s, pool) == _order_key(pick, pool)]
+
+
+def _why_lost(criterion: str, s: _Series, kept: list[_Series]) -> str:
+    winner = kept[0]
+    if criterion == "original":
+        return f"{s.derived_note}; an original acquisition ({winner.label}) exists"
+    if criterion == "3d":
+        return f"{s.acquisition_type or 'unknown'} acquisition; {winner.label} is 3D"
+    if criterion == "thinnest":
+        return f"{s.slice_mm:g} mm slices; {winner.label} has {winner.slice_mm:g} mm"
+    if criterion == "finest_in_plane":
+        return f"{s.in_plane_mm:g} mm pixels; {winner.label} has {winner.in_plane_mm:g} mm"
+    if criterion == "axial":
+        return f"{(s.plane or 'unknown').lower()} plane; {winner.label} is axial"
+    if criterion == "distortion_corrected":
+        return (
+            f"not distortion-corrected (ImageType {s.image_type or 'absent'}); {winner.label} is ({winner.distortion})"
+        )
+    if criterion == "lossless":
+        return f"lossy-compressed ({s.lossy}); {winner.label} is not"
+    if criterion == "most_slices":
+        return f"{s.n_instances} instances; {winner.label} has {winner.n_instances}"
+    when = f"series {s.number}, {_format_time(s.time_key)}"
+    if criterion == "latest":
+        return f"an earlier acquisition ({when}) than the repeat {winner.label} ({_format_time(winner.time_key)})"
+    return f"a later acquisition ({when}) than {winner.label} ({_format_time(winner.time_key)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
 
 
 def _order_key(s: _Series, pool: Sequence[_Series]) -> tuple[str, int]:
@@ -823,38 +1260,106 @@ def select_from_studies(
     """Run `select_series` on SDK DICOMStudy objects; returns (role -> DICOMSeries, selection).
 
     With several studies, exactly one must yield a complete selection; otherwise (none, or more
-    than one) SeriesSelectionError explains each study.
+    than one) SeriesSelectionError explains each study. The series of the other studies are
+    listed in `SeriesSelection.foreign` (and logged as a warning). The loader's StudyInventory
+    (`inventory_of`) is checked: an unreadable file of a selected series, or of an unknown series
+    of this study, fails the study (StudyError naming series and file); otherwise it travels on
+    the selection for the report.
     """
     config = load_rules(rules)
     if not studies:
         raise SeriesSelectionError("Series selection failed: no DICOM study in the input")
-    results: list[tuple[dict[str, SeriesLike], SeriesSelection]] = []
-    errors: list[SeriesSelectionError] = []
-    for study in studies:
+    results: list[tuple[dict[str, SeriesLike], SeriesSelection, StudyLike]] = []
+    errors: dict[int, SeriesSelectionError] = {}
+    headers_of: dict[int, dict[str, list[Dataset]]] = {}
+    for index, study in enumerate(studies):
         by_uid = {str(series.SeriesInstanceUID): series for series in study.get_all_series()}
         headers = {
             uid: [sop.get_native_sop_instance() for sop in series.get_sop_instances()] for uid, series in by_uid.items()
         }
+        headers_of[index] = headers
         try:
             selection = select_series(headers, config)
         except SeriesSelectionError as error:
-            errors.append(error)
+            errors[index] = error
             continue
-        results.append(({role: by_uid[uid] for role, uid in selection.series_uids.items()}, selection))
+        results.append(({role: by_uid[uid] for role, uid in selection.series_uids.items()}, selection, study))
     if len(results) == 1:
-        return results[0]
+        by_role, selection, chosen = results[0]
+        others = [i for i, study in enumerate(studies) if study is not chosen]
+        foreign = tuple(f for i in others for f in _foreign(headers_of[i], selection, errors.get(i)))
+        if foreign:
+            log.warning(
+                "study %s: %d series of other studies/patients in the input are not used: %s",
+                selection.study_instance_uid,
+                len(foreign),
+                "; ".join(f"{f.description!r} ({f.series_instance_uid}): {f.reason}" for f in foreign),
+            )
+        inventory = inventory_of(chosen)
+        if inventory is not None:
+            _check_unreadable(selection, inventory)
+        return by_role, dataclasses.replace(selection, foreign=foreign, inventory=inventory)
     if len(studies) == 1:
         raise errors[0]
     if not results:
         raise SeriesSelectionError(
             f"Series selection failed: none of the {len(studies)} studies in the input has all four series\n"
-            + "\n".join(str(e) for e in errors)
+            + "\n".join(str(e) for e in errors.values())
         )
-    uids = ", ".join(selection.study_instance_uid for _, selection in results)
+    uids = ", ".join(selection.study_instance_uid for _, selection, _ in results)
     raise SeriesSelectionError(
         f"Series selection failed: {len(results)} studies in the input each have all four series "
         f"({uids}); send one study at a time"
     )
+
+
+def _foreign(
+    headers: Mapping[str, Sequence[Dataset]], selection: SeriesSelection, error: SeriesSelectionError | None
+) -> list[ForeignSeries]:
+    """The series of another study of the input, each with why it is not used."""
+    found = []
+    for uid, instances in headers.items():
+        header = instances[0] if instances else Dataset()
+        study = str(header.get("StudyInstanceUID", "") or "")
+        patient = str(header.get("PatientID", "") or "").strip()
+        if patient and selection.patient_id and patient != selection.patient_id:
+            whose = f"another patient (PatientID {patient!r}; the selected study's is {selection.patient_id!r})"
+        else:
+            whose = "another study of the same patient"
+        why = f"{whose}: study {study}, not the selected study {selection.study_instance_uid}"
+        if error is not None:
+            why += f" (that study is incomplete: {error.reason.removeprefix('series selection: ')})"
+        number = _int(header.get("SeriesNumber"), -1)
+        description = str(header.get("SeriesDescription", "") or "")
+        found.append(
+            ForeignSeries(study, patient, uid, None if number < 0 else number, description, len(instances), why)
+        )
+    return found
+
+
+def _check_unreadable(selection: SeriesSelection, inventory: StudyInventory) -> None:
+    """StudyError for an unreadable file that belongs to, or may belong to, a selected series."""
+    selected = {c.series_instance_uid: (role, c) for role, c in selection.choices.items()}
+    for file in inventory.unreadable:
+        if file.study_instance_uid and file.study_instance_uid != selection.study_instance_uid:
+            continue
+        where = {"accession": selection.accession_number, "folder": inventory.folder, "file": file.path}
+        if file.series_instance_uid in selected:
+            role, choice = selected[file.series_instance_uid]
+            label = f"#{choice.series_number} {choice.description!r} ({choice.series_instance_uid})"
+            raise StudyError(
+                selection.study_instance_uid,
+                f"unreadable file {file.path} in the {role} series {label}: {file.reason}",
+                series=label,
+                **where,
+            )
+        if not file.series_instance_uid:
+            raise StudyError(
+                selection.study_instance_uid,
+                f"unreadable file {file.path} of unknown series may belong to a selected series "
+                f"({', '.join(selected_role for selected_role, _ in selected.values())}): {file.reason}",
+                **where,
+            )
 
 
 def _operator_class() -> type:

@@ -174,3 +174,47 @@ def test_preview_rejects_uncoloured_labels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="colour"):
         write_preview(np.zeros((8, 8, 8)), labels, COLOURS, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_report_lists_every_series_with_its_fate_foreign_series_and_skipped_files(tmp_path: Path) -> None:
+    from operators.series_selection import select_from_studies
+    from operators.study_inventory import SkippedFile, StudyInventory, UnreadableFile
+    from tests.test_series_selection import T1_SE, _restamp, _SdkStudy, make_series, siemens_study, tumour_protocol
+
+    series, uids = tumour_protocol()
+    localizer = make_series("AAHead_Scout", T1_SE, number=1, time="080000", image_type=("ORIGINAL", "PRIMARY", "M"))
+    series.update([localizer])
+    _restamp(series, "1.2.826.0.1.3680043.8.498.1", "P1")
+    other, _ = siemens_study(include_flair=False)
+    _restamp(other, "1.2.826.0.1.3680043.8.498.5", "P2")
+    inventory = StudyInventory(
+        "/in/cd",
+        skipped=[SkippedFile("README.TXT", "not DICOM")],
+        unreadable=[UnreadableFile("DICOM/X/IM1", "truncated header", "1.2.826.0.1.3680043.8.498.5")],
+    )
+    _, selection = select_from_studies([_SdkStudy(series, inventory), _SdkStudy(other, inventory)])
+    report = build_report(
+        label_map(), 0.002, NAMES, REGIONS, MODEL, selection.to_dict(), selection.study_instance_uid, {},
+        selection=selection,
+    )  # fmt: skip
+    target = write_report(report, tmp_path / "report.json")
+    section = json.loads(target.read_text(encoding="utf-8"))["series_selection"]
+    listed = {entry["series_instance_uid"]: entry for entry in section["series"]}
+    assert set(listed) == set(series)
+    assert listed[localizer[0]]["status"] == "ignored"
+    assert listed[localizer[0]]["reason"].startswith("localizer")
+    t1c = listed[uids["t1c"]]
+    assert (t1c["status"], t1c["role"], t1c["lossy"]) == ("selected", "t1c", False)
+    assert {r["series_instance_uid"] for r in t1c["runners_up"]} == {uids["mpr"], uids["t1c_ax"], uids["t1c_cor"]}
+    mpr = listed[uids["mpr"]]
+    assert (mpr["status"], mpr["role"]) == ("runner-up", "t1c")
+    assert mpr["reason"].startswith("prefer=original: reformat (ImageType DERIVED\\SECONDARY\\MPR)")
+    assert listed[uids["t2w_nd"]]["reason"].startswith("prefer=distortion_corrected: not distortion-corrected")
+    assert {f["series_instance_uid"] for f in section["foreign_series"]} == set(other)
+    assert all(f["reason"].startswith("another patient (PatientID 'P2'") for f in section["foreign_series"])
+    assert section["skipped_files"] == [{"path": "README.TXT", "reason": "not DICOM"}]
+    assert section["unreadable_files"][0]["path"] == "DICOM/X/IM1"
+    assert section["policy"]["prefer"][0] == "original"
+    assert "MIP" in section["policy"]["never_used_image_types"]
+    assert report["input_series"]["t1c"]["runners_up"]
+    assert "series_selection" not in make_report()  # without a selection the report keeps its old shape

@@ -218,6 +218,35 @@ def test_auto_selection_and_registration_seam(monkeypatch: pytest.MonkeyPatch) -
         register_backend("auto", fake)
 
 
+def test_auto_falls_back_when_a_backend_fails_on_first_use(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Triton in an image without a C compiler fails at its first launch: auto must use chunked, once warned."""
+    inputs = cast(make_inputs(1, 2, 4, 5), torch.float32)
+    monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
+    monkeypatch.setattr(registry, "_PROVEN", set())
+    monkeypatch.setattr(registry, "_DISABLED", {})
+    attempts = []
+
+    def no_compiler(*args: object) -> torch.Tensor:
+        attempts.append(1)
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    register_backend("fake-triton", no_compiler, available=lambda: True, accepts=lambda u: True, auto_priority=999)
+    expected = reference_scan(**cast(inputs, torch.float64))
+    with caplog.at_level("WARNING", logger="segmamba.scan.registry"):
+        first = selective_scan(**inputs)
+        second = selective_scan(**inputs)
+    torch.testing.assert_close(first.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second, first)
+    assert attempts == [1]  # tried once, then dropped for the process
+    warnings = [r.getMessage() for r in caplog.records if "fake-triton" in r.getMessage()]
+    assert len(warnings) == 1 and "C compiler" in warnings[0]
+    assert "fake-triton" not in available_backends()
+    with pytest.raises(ValueError, match="not available"):
+        selective_scan(**inputs, backend="fake-triton")
+
+
 def kernel_and_reference_grads(inputs: Inputs, upstream: torch.Tensor) -> tuple[list, list]:
     """Gradients of the present inputs: the kernel (float32) and the reference (float64)."""
     names = [k for k in NAMES if inputs[k] is not None]

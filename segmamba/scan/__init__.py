@@ -15,10 +15,17 @@ from torch import Tensor
 from segmamba.scan.chunked import chunked_scan
 from segmamba.scan.mamba_ssm_backend import mamba_ssm_accepts, mamba_ssm_available, mamba_ssm_scan
 from segmamba.scan.reference import reference_scan
-from segmamba.scan.registry import available_backends, register_backend, registered_backends, resolve
+from segmamba.scan.registry import (
+    available_backends,
+    disabled_backends,
+    register_backend,
+    registered_backends,
+    resolve,
+    run_auto,
+)
 from segmamba.scan.triton_backend import triton_accepts, triton_available, triton_scan
 
-__all__ = ["available_backends", "register_backend", "registered_backends", "selective_scan"]
+__all__ = ["available_backends", "disabled_backends", "register_backend", "registered_backends", "selective_scan"]
 
 register_backend("reference", reference_scan)
 register_backend("chunked", chunked_scan)
@@ -48,7 +55,9 @@ def selective_scan(
     delta <- softplus(delta + delta_bias) (each step optional);
     h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, h_{-1} = 0;  y_t = sum_n h_t C_t;
     out = (y + D u) * silu(z). Computed in float32 at least.
-    Raises ValueError for an unknown or unavailable backend name.
+    Raises ValueError for an unknown or unavailable backend name. Under "auto", a backend whose
+    first run fails is dropped for the process with one warning and the next one runs.
     """
-    fn = resolve(backend, u).fn
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if backend == "auto":
+        return run_auto(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return resolve(backend, u).fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

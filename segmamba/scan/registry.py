@@ -10,10 +10,13 @@ auto_priority=50)`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 ScanFn = Callable[..., Tensor]
 
@@ -31,6 +34,8 @@ class Backend:
 
 _BACKENDS: dict[str, Backend] = {}
 FALLBACK = "chunked"
+_PROVEN: set[str] = set()  # backends that "auto" has run successfully in this process
+_DISABLED: dict[str, str] = {}  # backends whose first run under "auto" failed -> why
 
 
 def register_backend(
@@ -54,7 +59,34 @@ def registered_backends() -> list[str]:
 
 def available_backends() -> list[str]:
     """Names of the backends usable in this process."""
-    return [name for name, b in _BACKENDS.items() if b.available()]
+    return [name for name, b in _BACKENDS.items() if _usable(b)]
+
+
+def _usable(backend: Backend) -> bool:
+    return backend.name not in _DISABLED and backend.available()
+
+
+def disabled_backends() -> dict[str, str]:
+    """Backends that "auto" stopped using in this process because their first run failed -> the reason."""
+    return dict(_DISABLED)
+
+
+def run_auto(u: Tensor, *args: object) -> Tensor:
+    """Run the backend "auto" picks for ``u``; if its first run fails (say Triton finds no C compiler
+    to build its launcher), log one line, stop using it in this process and run the next choice."""
+    while True:
+        backend = resolve("auto", u)
+        if backend.name == FALLBACK or backend.name in _PROVEN:
+            return backend.fn(u, *args)
+        try:
+            out = backend.fn(u, *args)
+        except Exception as error:  # any failure to initialise: fall back, once, loudly
+            _DISABLED[backend.name] = f"{type(error).__name__}: {error}"
+            log.warning("scan backend %r failed on first use (%s); using the next backend instead",
+                        backend.name, _DISABLED[backend.name].splitlines()[0])
+            continue
+        _PROVEN.add(backend.name)
+        return out
 
 
 def resolve(name: str, u: Tensor) -> Backend:
@@ -63,12 +95,12 @@ def resolve(name: str, u: Tensor) -> Backend:
         ranked = sorted((b for b in _BACKENDS.values() if b.auto_priority is not None),
                         key=lambda b: -(b.auto_priority or 0))
         for b in ranked:
-            if b.available() and b.accepts(u):
+            if _usable(b) and b.accepts(u):
                 return b
         return _BACKENDS[FALLBACK]
     backend = _BACKENDS.get(name)
     if backend is None:
         raise ValueError(f"unknown scan backend {name!r}; available: {available_backends()}, or 'auto'")
-    if not backend.available():
+    if not _usable(backend):
         raise ValueError(f"scan backend {name!r} is not available here; available: {available_backends()}")
     return backend
