@@ -6,10 +6,11 @@ attributes, so the loader splits such a file into one dataset per frame that car
 ImagePositionPatient/ImageOrientationPatient/PixelSpacing/SliceThickness/SpacingBetweenSlices,
 Rescale*, Window*, ImageType (from FrameType), EchoTime (EffectiveEchoTime), RepetitionTime,
 FlipAngle, EchoTrainLength, InversionTime, ScanningSequence (from EchoPulseSequence and
-InversionRecovery), ContrastBolusAgent (also from its code sequences, when the frame says it was
-administered), TemporalPositionIdentifier (TemporalPositionIndex), AcquisitionDateTime, and the
-Legacy Converted "unassigned" attributes. InstanceNumber is the frame number and every frame gets
-its own SOPInstanceUID, derived from the original's, so nothing that keys on it collapses frames.
+InversionRecovery), SequenceName (from PulseSequenceName), ContrastBolusAgent (also from its
+code sequences, when the frame says it was administered), TemporalPositionIdentifier
+(TemporalPositionIndex), AcquisitionDateTime, and the Legacy Converted "unassigned" attributes.
+InstanceNumber is the frame number and every frame gets its own SOPInstanceUID, derived from the
+original's, so nothing that keys on it collapses frames.
 
 Pixels stay in the original dataset and are decoded per frame when the volume is built
 (`frame_source` tells the original and the frame number); the SEG writer uses
@@ -144,6 +145,8 @@ def _frame_dataset(original: Dataset, common: Dataset, shared: Dataset, item: Da
         if value is not None:
             setattr(frame, keyword, value)
     _scanning_sequence(frame, item, shared)
+    if not frame.get("SequenceName") and frame.get("PulseSequenceName"):
+        frame.SequenceName = str(frame.PulseSequenceName)[:16]
     _contrast(frame, original, item, shared)
     frame.InstanceNumber = number
     frame.SOPInstanceUID = generate_uid(entropy_srcs=[str(original.SOPInstanceUID), "frame", str(number)])

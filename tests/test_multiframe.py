@@ -32,13 +32,17 @@ THRESHOLD_MODEL = REPO / "tests" / "models" / "threshold"
 def legacy_converted(datasets: list[Dataset]) -> Dataset:
     """highdicom's Legacy Converted Enhanced MR Image of one classic series."""
     first = datasets[0]
-    return hd.legacy.LegacyConvertedEnhancedMRImage(
+    image = hd.legacy.LegacyConvertedEnhancedMRImage(
         datasets,
         series_instance_uid=hd.UID(),
         series_number=int(first.SeriesNumber),
         sop_instance_uid=hd.UID(),
         instance_number=1,
     )
+    # highdicom appends " (enhanced conversion)", which reads as "contrast-enhanced" to the selector;
+    # scanners and archives keep the protocol's description
+    image.SeriesDescription = first.SeriesDescription
+    return image
 
 
 def enhanced_mr(datasets: list[Dataset], agent: str | None = None) -> Dataset:
@@ -67,6 +71,7 @@ def enhanced_mr(datasets: list[Dataset], agent: str | None = None) -> Dataset:
     shared.MRModifierSequence = Sequence([modifier])
     image.EchoPulseSequence = "GRADIENT" if "GR" in list(first.ScanningSequence) else "SPIN"
     image.MRAcquisitionType = first.MRAcquisitionType
+    image.PulseSequenceName = first.SequenceName
     for keyword in ("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusVolume"):
         image.pop(keyword, None)
     if agent:
@@ -120,11 +125,11 @@ def test_legacy_converted_frames_carry_the_classic_attributes(classic: list[Data
         for keyword in ("ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
                         "RescaleSlope", "RescaleIntercept", "EchoTime", "RepetitionTime", "FlipAngle",
                         "ScanningSequence", "MRAcquisitionType", "ContrastBolusAgent", "StudyInstanceUID",
-                        "Modality"):
+                        "Modality", "SeriesDescription", "ProtocolName"):
             assert _same(frame.get(keyword), match.get(keyword)), keyword
         assert list(frame.ImageType)[:2] == ["ORIGINAL", "PRIMARY"]
         assert str(frame.SeriesInstanceUID) == str(original.SeriesInstanceUID)
-        assert frame.SeriesDescription == original.SeriesDescription == "T1 MPRAGE POST (enhanced conversion)"
+        assert frame.SeriesDescription == original.SeriesDescription == "T1 MPRAGE POST"
 
 
 def _same(value: Any, expected: Any) -> bool:
@@ -161,6 +166,7 @@ def test_enhanced_mr_functional_groups_become_classic_attributes(classic: list[D
         assert float(frame.InversionTime) == 900.0
         assert list(frame.ScanningSequence) == ["IR", "SE"]
         assert frame.MRAcquisitionType == first.MRAcquisitionType
+        assert frame.SequenceName == first.SequenceName
         assert frame.ContrastBolusAgent == "Gadobutrol"
         assert list(frame.ImageType) == ["ORIGINAL", "PRIMARY", "T1", "NONE"]
     unenhanced = enhanced_mr(classic, None)
