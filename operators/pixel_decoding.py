@@ -1,7 +1,7 @@
 """Strict decoding of one frame of DICOM pixel data, native or compressed.
 
-pydicom's pixel-data plugins (pylibjpeg with its libjpeg/openjpeg/rle plugins, python-gdcm)
-decode every transfer syntax that archives send, but not all of them refuse damaged data:
+pydicom's pixel-data plugins (pylibjpeg with its libjpeg/openjpeg/rle plugins, pinned in
+requirements.txt) decode every transfer syntax that archives send, but not all of them refuse damaged data:
 libjpeg fills a truncated JPEG Lossless or JPEG-LS stream with made-up rows and returns no
 error, and pydicom falls back from a plugin that failed to the next one that may not. So each
 frame is checked before and after decoding:
