@@ -27,6 +27,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from operators.multiframe import seg_source_images
 from operators.volume import sort_slices
 
 ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically abnormal structure")
@@ -94,6 +95,7 @@ def write_segmentation(
         raise ValueError(f"label map shape {labels.shape} differs from the reference grid {expected}")
     segment_numbers = _segment_numbers(labels, segments)
     frames = np.ascontiguousarray(segment_numbers.transpose(2, 1, 0))
+    source_images, frames = seg_source_images(ordered, frames)  # a multi-frame reference: its original instance
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -110,7 +112,7 @@ def write_segmentation(
         for number, spec in enumerate(segments, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=ordered,
+        source_images=source_images,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

@@ -12,20 +12,52 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_rescale
 from scipy import ndimage
 
+from operators.multiframe import decode_instance, frame_source
+from operators.pixel_decoding import FrameDecodeError
+
 _GEOMETRY_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 _ORIENTATION_TOLERANCE = 1e-4
 _POSITION_TOLERANCE_MM = 1e-3
 _SPACING_TOLERANCE = 0.02  # relative
+RELATIVE_PATH_ATTRIBUTE = "relative_path"  # the loader sets dataset.<this> to its path relative to the input
 
 
 class VolumeError(ValueError):
-    """A series that cannot be built into one rectilinear volume; the message says why."""
+    """A series that cannot be built into one rectilinear volume; the message says why.
+
+    ``series`` is the series label (``#<number> '<description>' (<uid>)``); ``file`` the path,
+    relative to the input folder, of the instance at fault when one file is ("" otherwise).
+    """
+
+    def __init__(self, message: str, *, series: str = "", file: str = "") -> None:
+        super().__init__(message)
+        self.series = series
+        self.file = file
+
+
+def relative_path(dataset: pydicom.Dataset) -> str:
+    """The instance's file relative to the input folder (as the loader recorded it), else its name."""
+    recorded = getattr(dataset, RELATIVE_PATH_ATTRIBUTE, None)
+    if recorded:
+        return str(recorded)
+    filename = getattr(dataset, "filename", None)
+    return Path(str(filename)).name if filename else str(dataset.get("SOPInstanceUID", "?"))
+
+
+def series_label(datasets: list[pydicom.Dataset]) -> str:
+    """``#<SeriesNumber> '<SeriesDescription>' (<SeriesInstanceUID>)`` of a series' first instance."""
+    first = datasets[0] if datasets else pydicom.Dataset()
+    number = first.get("SeriesNumber")
+    prefix = f"#{number} " if number not in (None, "") else ""
+    description = str(first.get("SeriesDescription", ""))
+    return f"{prefix}{description!r} ({first.get('SeriesInstanceUID', 'no SeriesInstanceUID')})"
 
 
 @dataclass
@@ -53,12 +85,6 @@ def voxel_volume_ml(affine: np.ndarray) -> float:
     return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
 
 
-def _series_name(datasets: list[pydicom.Dataset]) -> str:
-    first = datasets[0] if datasets else pydicom.Dataset()
-    description = first.get("SeriesDescription", "")
-    return f"series {description!r} ({first.get('SeriesInstanceUID', 'no SeriesInstanceUID')})"
-
-
 def _is_empty(value: object) -> bool:
     return value is None or (hasattr(value, "__len__") and len(value) == 0)  # type: ignore[arg-type]
 
@@ -66,21 +92,30 @@ def _is_empty(value: object) -> bool:
 def sort_slices(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """Check that the instances form one rectilinear volume and sort them along the normal.
 
-    Raises VolumeError naming the series and the reason: no or mixed series, multi-frame or
-    4D data, missing geometry, mixed orientation, matrix or pixel spacing, duplicate slice
-    positions, a sheared stack, or uneven slice spacing (gaps).
+    Raises VolumeError naming the series and the reason: no or mixed series, multi-frame data
+    other than the frames of one split Enhanced MR instance, 4D data, missing geometry, mixed
+    orientation, matrix or pixel spacing, duplicate slice positions, a sheared stack, or uneven
+    slice spacing (gaps).
     """
-    name = _series_name(datasets)
+    name = f"series {series_label(datasets)}"
     if len(datasets) < 2:
         raise VolumeError(f"{name}: {len(datasets)} instance(s); a volume needs at least 2 slices")
     if len({ds.get("SeriesInstanceUID") for ds in datasets}) > 1:
         raise VolumeError(f"{name}: instances of several series were mixed")
     for ds in datasets:
-        missing = [keyword for keyword in (*_GEOMETRY_KEYWORDS, "PixelData") if _is_empty(ds.get(keyword))]
+        needed = _GEOMETRY_KEYWORDS if frame_source(ds) else (*_GEOMETRY_KEYWORDS, "PixelData")
+        missing = [keyword for keyword in needed if _is_empty(ds.get(keyword))]
         if missing:
-            raise VolumeError(f"{name}: instance {ds.get('SOPInstanceUID')} lacks {', '.join(missing)}")
+            path = relative_path(ds)
+            raise VolumeError(f"{name}: file {path} lacks {', '.join(missing)}", file=path)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise VolumeError(f"{name}: multi-frame instances are not supported")
+            raise VolumeError(f"{name}: multi-frame instances of this SOP class are not supported")
+    originals = {id(source[0]) for source in map(frame_source, datasets) if source is not None}
+    if originals and (len(originals) > 1 or any(frame_source(ds) is None for ds in datasets)):
+        raise VolumeError(
+            f"{name}: frames of {len(originals)} multi-frame instance(s) mixed with other instances "
+            "(a SEG can reference one multi-frame instance per series)"
+        )
     temporal = {ds.get("TemporalPositionIdentifier") for ds in datasets} - {None}
     if len(temporal) > 1:
         raise VolumeError(f"{name}: {len(temporal)} temporal positions (4D series)")
@@ -144,9 +179,19 @@ def slice_affine(sorted_datasets: list[pydicom.Dataset]) -> np.ndarray:
 
 
 def series_to_volume(datasets: list[pydicom.Dataset]) -> ImageVolume:
-    """Build the float32 volume (rescale slope/intercept applied) of one single-frame series."""
-    ordered = sort_slices(datasets)
-    slices = [apply_rescale(ds.pixel_array, ds).astype(np.float32).T for ds in ordered]
+    """Build the float32 volume (rescale slope/intercept applied) of one series.
+
+    The series is single-frame instances or the frames split from one multi-frame instance
+    (operators.multiframe). Every frame is decoded strictly (operators.pixel_decoding): a frame
+    that fails to decode, decodes to another size or with a decoder warning raises VolumeError
+    naming the series and the file, so nothing is built from a series that did not decode cleanly.
+    """
+    try:
+        ordered = sort_slices(datasets)
+    except VolumeError as error:
+        error.series = error.series or series_label(datasets)
+        raise
+    slices = [apply_rescale(_decoded(ds, ordered), ds).astype(np.float32).T for ds in ordered]
     first = ordered[0]
     return ImageVolume(
         array=np.stack(slices, axis=-1),
@@ -154,6 +199,16 @@ def series_to_volume(datasets: list[pydicom.Dataset]) -> ImageVolume:
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),
         series_description=str(first.get("SeriesDescription", "")),
     )
+
+
+def _decoded(dataset: pydicom.Dataset, series: list[pydicom.Dataset]) -> np.ndarray:
+    try:
+        return decode_instance(dataset)
+    except FrameDecodeError as error:
+        label, path = series_label(series), relative_path(dataset)
+        source = frame_source(dataset)
+        where = f"file {path}" + (f" frame {source[1]}" if source else "")
+        raise VolumeError(f"series {label}: {where}: {error}", series=label, file=path) from error
 
 
 def resample_to_grid(

@@ -172,10 +172,6 @@ def _corrupt_file(folder: Path) -> None:
     second.write_bytes(second.read_bytes()[:-1000])
 
 
-def _non_dicom_file(folder: Path) -> None:
-    (folder / "notes.txt").write_text("patient moved during the scan\n")
-
-
 def _slice_gap(folder: Path) -> None:
     files = sorted(_series_files(folder, "AX T1 POST GAD"), key=lambda p: int(pydicom.dcmread(p).InstanceNumber))
     files[len(files) // 2].unlink()
@@ -200,8 +196,9 @@ def _empty(folder: Path) -> None:
 BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "no MR": (_no_mr, r"MR"),
     "missing sequence": (_missing_flair, r"t2f"),
-    "corrupt file": (_corrupt_file, r"not a complete DICOM instance"),
-    "non-DICOM file": (_non_dicom_file, r"notes\.txt is not a readable DICOM file"),
+    # The loader records unreadable files (StudyInventory) instead of failing; the selector fails a study
+    # whose selected series has one (naming the file), the volume builder refuses the gap it leaves.
+    "corrupt file": (_corrupt_file, r"001_000[67]\.dcm|uneven slice spacing"),
     "inconsistent slice spacing": (_slice_gap, r"spacing|gap"),
     "4D series": (_four_d, r"t2f"),
     "empty folder": (_empty, r"no files"),
