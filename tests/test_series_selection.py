@@ -675,6 +675,9 @@ ROLE_TABLE: list[tuple[str, dict[str, Any], tuple[str, ...], dict[str, Any], str
     # Philips
     ("T1W_3D_TFE", TFE, PH_FFE, {}, "t1n", "t1n rule"),
     ("sT1W_3D_TFE", TFE, PH_FFE, {}, "t1n", "t1n rule"),
+    # highdicom's legacy converter appends "(enhanced conversion)": not contrast enhancement
+    ("T1W_3D_TFE (enhanced conversion)", TFE, PH_FFE, {}, "t1n", "t1n rule"),
+    ("T1W_3D_TFE +C (enhanced conversion)", TFE, PH_FFE, {}, "t1c", "t1c rule"),
     ("WIP sT1W_3D_TFE", TFE, PH_FFE, {}, "t1n", "t1n rule"),
     ("T1W_3D_TFE +C", TFE, PH_FFE, {}, "t1c", "t1c rule"),
     ("WIP sT1W_3D_TFE GD", TFE, PH_FFE, {}, "t1c", "t1c rule"),
