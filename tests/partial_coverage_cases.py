@@ -43,8 +43,8 @@ def case_protocol(case: str, head: TemplateHead) -> list[SeriesSpec]:
     lesion = np.asarray(head.lesion.center, dtype=float)
     centre = np.asarray(head.center, dtype=float)
     specs = {spec.contrast: spec for spec in full_protocol()}
-    if case == "flair_slab":  # 12 slices of 4 mm: a 48 mm slab through the lesion
-        specs["t2f"] = dataclasses.replace(specs["t2f"], slices=12, center=(*centre[:2], lesion[2]))
+    if case == "flair_slab":  # 12 slices of 4 mm: a 48 mm slab that cuts through the lesion
+        specs["t2f"] = dataclasses.replace(specs["t2f"], slices=12, center=(*centre[:2], lesion[2] + 12.0))
     elif case == "t2_small_fov":  # 100 mm in plane, centred on the head, all slices
         specs["t2w"] = dataclasses.replace(specs["t2w"], rows=84, columns=84, center=tuple(centre))
     elif case == "coronal_t1_axial_flair":  # 96 mm coronal T1 slab, 60 mm axial FLAIR slab
