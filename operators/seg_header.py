@@ -32,9 +32,9 @@ REQUIRED_TYPE2 = {
     "ReferringPhysicianName": "PN",
 }
 _MAX_CHARS = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "SH": 16, "ST": 1024,
-              "LT": 10240, "TM": 16, "DT": 26, "UI": 64, "PN": 64}
+              "LT": 10240, "TM": 16, "DT": 26, "PN": 64}  # UI: left alone
 _TEXT_VRS = ("SH", "LO", "ST", "LT", "UT", "UC", "PN")
-_MULTI_VALUED = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI")
+_MULTI_VALUED = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC")
 _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")  # all C0 controls but ESC (ISO 2022), and DEL
 _FREE_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")  # ST/LT/UT keep TAB LF FF CR
 _DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%Y.%m.%d", "%Y/%m/%d", "%d.%m.%Y", "%d/%m/%Y")
@@ -158,8 +158,6 @@ def _clean_one(vr: str, value: object) -> str:
         return _clean_number(text, integer=True)
     if vr == "CS":
         text = re.sub(r"[^A-Z0-9 _]", "_", text.strip().upper())
-    if vr == "UI":
-        return text.strip().rstrip("\x00") if re.fullmatch(r"[0-9.]{1,64}", text.strip()) else ""
     return text.strip()[: _MAX_CHARS.get(vr, len(text))]
 
 

@@ -11,8 +11,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
 from app.synthetic_study import truth_labels
+from operators.seg_header import character_set_for, clean_source_header
 from operators.seg_writer import SegmentSpec, write_segmentation
 from operators.volume import resample_to_grid, series_to_volume
 from segmamba.synthetic import Phantom
@@ -322,3 +325,33 @@ def test_non_ascii_names_survive_in_the_right_character_set(
     seg = pydicom.dcmread(path)
     assert seg.SpecificCharacterSet == expected
     assert str(seg.PatientName) == name
+
+
+def test_header_cleaning_rules_per_vr() -> None:
+    source = pydicom.Dataset()
+    source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    source.StudyInstanceUID = "1.2.3"
+    source.PatientBirthDate = "05.01.1971"
+    source.AcquisitionDate = "2024/02/30"  # no such day
+    source.StudyTime = "7:15"
+    source.PatientAge = "7 M"
+    source[0x00101030] = RawDataElement(Tag(0x00101030), "DS", 4, b"72,5", 0, False, True)  # as read from a file
+    source.SeriesNumber = "12.0"
+    source.BodyPartExamined = "head-neck"
+    source.ImageType = ["ORIGINAL", "PRIMARY", "", "M"]
+    source.PatientSex = "w"
+    before = {element.keyword: str(element.value) for element in source}
+    clean = clean_source_header(source)
+    assert {element.keyword: str(element.value) for element in source} == before  # the source is untouched
+    assert clean.PatientBirthDate == "19710105" and clean.AcquisitionDate == ""
+    assert clean.StudyTime == "" and clean.PatientAge == "007M"
+    assert clean.PatientWeight == "72.5" and clean.SeriesNumber == 12
+    assert clean.BodyPartExamined == "HEAD_NECK" and list(clean.ImageType) == ["ORIGINAL", "PRIMARY", "", "M"]
+    assert clean.PatientSex == ""  # not M, F or O: unknown, not guessed
+    assert list(clean.SpecificCharacterSet) == ["", "ISO 2022 IR 87"] and clean.StudyInstanceUID == "1.2.3"
+    for keyword in TYPE2:
+        assert keyword in clean
+    assert character_set_for(None, ["plain"]) is None
+    assert character_set_for(None, ["Müller"]) == "ISO_IR 192"
+    assert character_set_for("ISO_IR 100", ["Müller"]) == "ISO_IR 100"
+    assert character_set_for(["", "ISO 2022 IR 87"], ["山田"]) == ["", "ISO 2022 IR 87"]
