@@ -97,7 +97,7 @@ class ModelInput:
     grid_shape: tuple[int, int, int]  # the full model grid
     grid_affine: np.ndarray
     crop: tuple[slice, slice, slice]  # where `image` lies in the model grid
-    valid: np.ndarray  # (i, j, k) bool on `image`'s voxels: every series has data there
+    valid: np.ndarray  # (i, j, k) bool on `image`'s voxels: inside every series' field of view
     reference: ImageVolume  # the reference series as a volume (its own grid)
     reference_datasets: list[pydicom.Dataset]
     selection: SeriesSelection
@@ -238,6 +238,12 @@ def build_model_input(
     roles = list(card.channel_order)
     image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1) for role in roles])
     seen = np.stack([field_of_view(volumes[role], grid_shape, grid_affine) for role in roles])
+    if not np.all(seen, axis=0).any():
+        on_reference = seen[roles.index(reference_role)]
+        apart = [role for role, fov in zip(roles, seen, strict=True) if not (fov & on_reference).any()]
+        where = f": {', '.join(apart)} entirely outside the {reference_role} series" if apart else ""
+        raise StudyError(study, f"the selected series have no region in common{where}",
+                         accession=selection.accession_number)
     coverage = measure_coverage(image, seen, roles, voxel_volume_ml(grid_affine),
                                    card.preprocessing.min_head_coverage)
     prepared, crop, valid = preprocess(image.astype(np.float32), seen, card.preprocessing)

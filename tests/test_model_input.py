@@ -14,6 +14,7 @@ import pydicom
 import pytest
 
 from app.synthetic_study import SeriesSpec, write_study
+from operators.errors import StudyError
 from operators.model_card import ModelCardError, Preprocessing, load_model_card
 from operators.model_input import build_model_input, field_of_view, otsu_threshold, preprocess, zscore_nonzero
 from operators.series_selection import SeriesSelection
@@ -134,3 +135,9 @@ def test_card_minimum_head_coverage(tmp_path: Path) -> None:
     (folder / "metadata.json").write_text(json.dumps(card))
     with pytest.raises(ModelCardError, match="preprocessing"):
         load_model_card(folder)
+
+
+def test_series_without_a_common_region_fail_the_study(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match=r"no region in common: t2f entirely outside the t1c series") as caught:
+        _model_input(tmp_path, _protocol(slices=4, center=(2.0, -8.0, 200.0)))  # a FLAIR slab above the head
+    assert str(caught.value).startswith("study ")
