@@ -102,3 +102,44 @@ def far_from(mask: np.ndarray, affine: np.ndarray, distance_mm: float) -> np.nda
     if not mask.any():
         return np.ones_like(mask, dtype=bool)
     return ndimage.distance_transform_edt(~mask, sampling=spacing) > distance_mm
+
+
+def measure(seeds: Sequence[int], work_dir: Path) -> list[dict[str, float | str]]:
+    """Each case of each seed through the application with the shipped (demo) model: WT mL inside the
+    covered region (segmented and true), outside it, and more than 5 mm from the true lesion."""
+    import pydicom
+
+    from app.batch import load_model, process_study
+    from app.config import Settings
+    from app.seg_reader import seg_on_grid
+    from operators.volume import voxel_volume_ml
+
+    settings = Settings(progress=False, log_level="WARNING")
+    card, segmenter = load_model(settings)
+    rows: list[dict[str, float | str]] = []
+    for seed in seeds:
+        head = demo_head(seed)
+        for case in CASES:
+            folder = work_dir / f"{case}-{seed}"
+            truth = write_case(case, head, folder / "in", seed)
+            files, _ = process_study(settings, card, segmenter, folder / "in", folder / "out")
+            found = seg_on_grid(pydicom.dcmread(files.segmentation), truth.shape, truth.affine, {1: 1, 2: 2, 3: 3}) > 0
+            true_wt, ml = truth.labels > 0, voxel_volume_ml(truth.affine)
+            rows.append({"case": case, "seed": seed,
+                         "true_ml": float((true_wt & truth.covered).sum()) * ml,
+                         "segmented_ml": float((found & truth.covered).sum()) * ml,
+                         "outside_ml": float((found & ~truth.covered).sum()) * ml,
+                         "far_ml": float((found & far_from(true_wt, truth.affine, 5.0)).sum()) * ml})
+    return rows
+
+
+if __name__ == "__main__":  # python -m tests.partial_coverage_cases WORK_DIR [SEED ...]
+    import sys
+    import tempfile
+
+    work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
+    print(f"{'case':<24}{'seed':>5}{'true mL':>9}{'seg mL':>9}{'ratio':>7}{'outside':>9}{'far':>7}")
+    for row in measure([int(s) for s in sys.argv[2:]] or [3, 5, 7], work):
+        ratio = float(row["segmented_ml"]) / max(float(row["true_ml"]), 1e-9)
+        print(f"{row['case']:<24}{row['seed']:>5}{row['true_ml']:>9.2f}{row['segmented_ml']:>9.2f}{ratio:>7.3f}"
+              f"{row['outside_ml']:>9.2f}{row['far_ml']:>7.2f}")

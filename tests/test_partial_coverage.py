@@ -13,10 +13,9 @@ import pydicom
 import pytest
 
 from app.cli import main
-from app.config import Settings
 from app.seg_reader import seg_on_grid
 from operators.volume import voxel_volume_ml
-from tests.partial_coverage_cases import CASES, CaseTruth, demo_head, far_from, write_case
+from tests.partial_coverage_cases import CASES, CaseTruth, far_from, measure, write_case
 
 THRESHOLD_MODEL = Path(__file__).parent / "models" / "threshold"
 LABELS = {1: 1, 2: 2, 3: 3}
@@ -79,18 +78,11 @@ def test_complete_study_reports_full_coverage_without_warning(
 def test_demo_model_on_partial_coverage(tmp_path: Path) -> None:
     """The shipped model on the three cases: WT within 15% of the truth inside the covered region, no
     false tumour outside it nor far from the lesion."""
-    from app.batch import load_model, process_study
-
-    settings = Settings(progress=False)
-    card, segmenter = load_model(settings)
-    head = demo_head(5)
-    results = {}
-    for case in CASES:
-        truth = write_case(case, head, tmp_path / case / "in", seed=5)
-        files, _ = process_study(settings, card, segmenter, tmp_path / case / "in", tmp_path / case / "out")
-        results[case] = volumes_ml(segmented(files.segmentation, truth), truth)
-    for case, volumes in results.items():
-        assert volumes["true"] > 10.0, case
-        assert abs(volumes["segmented"] - volumes["true"]) <= 0.15 * volumes["true"], (case, volumes)
-        assert volumes["outside"] < 0.05 * volumes["true"], (case, volumes)
-        assert volumes["far"] < 0.5, (case, volumes)
+    rows = measure([5], tmp_path)
+    assert [row["case"] for row in rows] == list(CASES)
+    for row in rows:
+        true, found = float(row["true_ml"]), float(row["segmented_ml"])
+        assert true > 10.0, row
+        assert abs(found - true) <= 0.15 * true, row
+        assert float(row["outside_ml"]) < 0.05 * true, row
+        assert float(row["far_ml"]) < 0.5, row
