@@ -30,8 +30,8 @@ class SegmentationOperator(Operator):
     """Runs the segmenter on the model input (MONAI Deploy operator).
 
     Input ``model_input``; output ``prediction``. The segmenter (and its weights) is created once,
-    by the application, and reused for every study this process handles. Labels are cleared where
-    a series has no data, then the model card's postprocessing is applied.
+    by the application, and reused for every study this process handles. Labels are cleared outside
+    the region every series covers (``model_input.valid``), then the model card's postprocessing is applied.
     """
 
     def __init__(self, fragment: Fragment, *args: Any, segmenter: Segmenter,
@@ -48,7 +48,7 @@ class SegmentationOperator(Operator):
         model_input: ModelInput = op_input.receive("model_input")
         log.info("segmenting study %s, input %s", model_input.study_uid, model_input.image.shape)
         labels = self.segmenter(model_input.image)
-        labels[~model_input.valid] = 0  # no label where a series has no data
+        labels[~model_input.valid] = 0  # no label outside the region every series covers
         voxel_ml = voxel_volume_ml(model_input.grid_affine)
         labels, removed = remove_small_tumours(labels, voxel_ml, self.postprocessing.min_tumour_ml)
         if removed:

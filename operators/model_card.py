@@ -6,7 +6,8 @@ Everything model-specific lives in the card, nothing in the operators::
       "name": "...", "version": "...", "description": "...", "intended_use": "...",
       "network": {"type": "segmamba", "args": {...SegMamba kwargs...}, "weights": "model.pt"},
       "channel_order": ["t2w", "t2f", "t1n", "t1c"],
-      "preprocessing": {"spacing_mm": 1.0, "crop_foreground": true, "normalize": "zscore_nonzero"},
+      "preprocessing": {"spacing_mm": 1.0, "crop_foreground": true, "normalize": "zscore_nonzero",
+                        "min_head_coverage": 0.9},
       "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
                     "sw_batch_size": 1, "mirror_tta": false},
       "labels": [{"label": 1, "name": ..., "type": {"scheme", "value", "meaning"}, "color": [r, g, b]}, ...],
@@ -14,6 +15,8 @@ Everything model-specific lives in the card, nothing in the operators::
       "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
     }
 
+``preprocessing.min_head_coverage`` (0-1, default 0.9): below this fraction of the head covered by
+every series (operators.model_input.Coverage), the log warns and report.json carries the warning.
 ``postprocessing.min_tumour_ml`` removes whole-tumour components smaller than this (mL); 0 keeps all.
 
 ``network.type`` "threshold" is a deterministic segmenter (intensity rules on the model input)
@@ -35,6 +38,9 @@ CARD_NAME = "metadata.json"
 ROLES = ("t1n", "t1c", "t2w", "t2f")
 NORMALIZATIONS = ("zscore_nonzero", "none")
 NETWORK_TYPES = ("segmamba", "threshold")
+# Part of the head (model grid) that every series must cover before report and log warn: complete
+# clinical protocols measure >= 0.97 (tilted 2D series miss corners), a 48 mm slab about 0.3.
+DEFAULT_MIN_HEAD_COVERAGE = 0.9
 
 
 class ModelCardError(ConfigurationError, ValueError):
@@ -48,6 +54,7 @@ class Preprocessing:
     spacing_mm: float = 1.0
     crop_foreground: bool = True
     normalize: str = "zscore_nonzero"
+    min_head_coverage: float = DEFAULT_MIN_HEAD_COVERAGE
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,15 @@ def load_model_card(path: Path) -> ModelCard:
     channel_order = tuple(_require(card, "channel_order", list, card_path))
     if sorted(channel_order) != sorted(ROLES):
         raise ModelCardError(f"{card_path}: channel_order must list each of {ROLES} once, got {channel_order}")
-    preprocessing = Preprocessing(**card.get("preprocessing", {}))
+    try:
+        preprocessing = Preprocessing(**card.get("preprocessing", {}))
+    except TypeError as error:
+        raise ModelCardError(f"{card_path}: preprocessing: {error}") from error
     if preprocessing.normalize not in NORMALIZATIONS:
         raise ModelCardError(f"{card_path}: preprocessing.normalize must be one of {NORMALIZATIONS}")
+    minimum = preprocessing.min_head_coverage
+    if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0.0 <= minimum <= 1.0:
+        raise ModelCardError(f"{card_path}: preprocessing.min_head_coverage must be a number from 0 to 1")
     inference_fields = dict(card.get("inference", {}))
     if "roi_size" in inference_fields:
         inference_fields["roi_size"] = tuple(inference_fields["roi_size"])

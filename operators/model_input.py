@@ -1,13 +1,22 @@
 """Build the network's 4-channel input: each selected series to a volume, all onto one grid.
 
 The model grid has the reference series' orientation and extent at the model card's isotropic
-spacing (1 mm for the reference recipe). Channels follow the card's ``channel_order``; the
-volume is cropped to the region where any channel has signal and each channel is z-scored
-over its own nonzero voxels (background set to 0), as the card's preprocessing says.
+spacing (1 mm for the reference recipe). Channels follow the card's ``channel_order``.
 
-Voxels where any series has no data (outside its field of view after resampling) are marked
-invalid; the inference operator leaves them unlabelled, since the network cannot judge a voxel
-from an incomplete input (a tilted FLAIR that misses the corners of the T1c grid, say).
+Partial coverage (a FLAIR slab, a T2 with a small field of view, series in different planes):
+the network only ever saw complete inputs, every channel present wherever the head is, and
+zero in all channels outside it (skull-stripped or background). So the input is restricted to
+the region that every series covers (its voxel centres within each series' outer voxel centres,
+no interpolation against the outside): all channels are zeroed outside it, which looks to the
+network like the zero background of its training cases, never like a half-empty input. Each
+channel is z-scored over its own nonzero voxels within its own coverage (for a series that
+covers the whole head this is exactly the training statistic), then the input is cropped to the
+covered foreground. Labels are kept only inside the covered region (``valid``).
+
+How much of the head that region holds is measured (`Coverage`): the head is the foreground of
+the series on the model grid (Otsu threshold per channel, within that series' coverage, holes
+filled), since no brain extraction is run; below the card's
+``preprocessing.min_head_coverage`` the log warns and the report says so.
 """
 
 from __future__ import annotations
@@ -20,13 +29,63 @@ from typing import Any
 import numpy as np
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+from scipy import ndimage
 
 from operators.errors import StudyError
 from operators.model_card import ModelCard, Preprocessing
 from operators.series_selection import SeriesSelection
-from operators.volume import ImageVolume, VolumeError, isotropic_grid, resample_to_grid, series_to_volume
+from operators.volume import (
+    ImageVolume,
+    VolumeError,
+    isotropic_grid,
+    resample_to_grid,
+    series_to_volume,
+    voxel_volume_ml,
+)
 
 log = logging.getLogger(__name__)
+
+
+HEAD_DEFINITION = ("head foreground of the series on the model grid (Otsu threshold per series within its "
+                   "field of view, holes filled; no brain extraction)")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the head every series covers, on the model grid.
+
+    ``head_fraction`` is the part of the head inside the region every series covers (the only
+    region segmented); ``by_role`` the part each series covers on its own.
+    """
+
+    head_fraction: float
+    by_role: dict[str, float]
+    head_ml: float
+    covered_head_ml: float
+    min_head_coverage: float
+
+    @property
+    def warning(self) -> str | None:
+        """One line for the log and the report when the covered part is below the card's minimum."""
+        if self.head_fraction >= self.min_head_coverage:
+            return None
+        short = sorted(role for role, fraction in self.by_role.items() if fraction < self.min_head_coverage)
+        partial = ", ".join(f"{role} {self.by_role[role]:.0%}" for role in short)
+        return (f"only {self.head_fraction:.0%} of the head is covered by every series (model card minimum "
+                f"{self.min_head_coverage:.0%}; partial: {partial}); nothing is segmented outside the covered "
+                f"region, so volumes may be incomplete")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for report.json."""
+        return {
+            "head_fraction": round(self.head_fraction, 4),
+            "by_series": {role: round(value, 4) for role, value in self.by_role.items()},
+            "head_ml": round(self.head_ml, 1),
+            "covered_head_ml": round(self.covered_head_ml, 1),
+            "min_head_coverage": self.min_head_coverage,
+            "head_definition": HEAD_DEFINITION,
+            "warning": self.warning,
+        }
 
 
 @dataclass
@@ -38,10 +97,11 @@ class ModelInput:
     grid_shape: tuple[int, int, int]  # the full model grid
     grid_affine: np.ndarray
     crop: tuple[slice, slice, slice]  # where `image` lies in the model grid
-    valid: np.ndarray  # (i, j, k) bool on `image`'s voxels: every series has data there
+    valid: np.ndarray  # (i, j, k) bool on `image`'s voxels: inside every series' field of view
     reference: ImageVolume  # the reference series as a volume (its own grid)
     reference_datasets: list[pydicom.Dataset]
     selection: SeriesSelection
+    coverage: Coverage | None = None
 
 
 def foreground_box(image: np.ndarray) -> tuple[slice, slice, slice]:
@@ -66,13 +126,92 @@ def zscore_nonzero(channel: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess(image: np.ndarray, settings: Preprocessing) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
-    """Crop to the foreground (if asked) and normalise each channel as the card says."""
+def field_of_view(volume: ImageVolume, grid_shape: tuple[int, int, int], grid_affine: np.ndarray) -> np.ndarray:
+    """Grid voxels whose centres lie within the series' outer voxel centres (linear interpolation
+    there uses the series' own voxels only, never the zero outside it)."""
+    source_from_grid = np.linalg.solve(volume.affine, np.asarray(grid_affine, dtype=np.float64))
+    axes = [np.arange(n, dtype=np.float32) for n in grid_shape]
+    inside = np.ones(tuple(grid_shape), dtype=bool)
+    tolerance = 1e-3
+    for axis, size in enumerate(volume.shape):
+        row = source_from_grid[axis].astype(np.float32)
+        index = (row[3] + row[0] * axes[0][:, None, None] + row[1] * axes[1][None, :, None]
+                 + row[2] * axes[2][None, None, :])
+        inside &= (index >= -tolerance) & (index <= size - 1 + tolerance)
+    return inside
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The Otsu threshold of a sample (between-class variance maximised over a histogram up to the
+    99.5th percentile; the middle of the maximum where empty bins between the classes tie)."""
+    if values.size == 0:
+        return 0.0
+    high = float(np.percentile(values, 99.5))
+    low = float(values.min())
+    if high <= low:
+        return low
+    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    weight = np.cumsum(counts).astype(np.float64)
+    total = weight[-1]
+    mean = np.cumsum(counts * centres)
+    between = ((mean[-1] * weight / total - mean) ** 2 / np.maximum(weight * (total - weight), 1.0))[:-1]
+    best = np.flatnonzero(between >= between.max() * (1.0 - 1e-9))  # empty bins make a plateau: its middle
+    return float((centres[best[0]] + centres[best[-1]]) / 2.0)
+
+
+def head_foreground(channel: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """The head as one series shows it: above its Otsu threshold within its field of view, holes filled
+    (in 3D, and slice by slice where the head is cut open by the grid or a slab)."""
+    if not seen.any():
+        return np.zeros_like(seen)
+    mask = seen & (channel > otsu_threshold(channel[seen]))
+    filled = ndimage.binary_fill_holes(mask)
+    for k in range(mask.shape[2]):
+        filled[:, :, k] |= ndimage.binary_fill_holes(mask[:, :, k])
+    return filled & seen
+
+
+def measure_coverage(image: np.ndarray, seen: np.ndarray, roles: Sequence[str], voxel_ml: float,
+                     min_head_coverage: float, step: int = 2) -> Coverage:
+    """How much of the head every series covers (``seen`` (C, i, j, k): each series' field of view).
+
+    Measured on every ``step``-th voxel along each axis (a fraction needs no finer grid).
+    """
+    sample = (slice(None), *(slice(0, None, step),) * 3)
+    image, seen = image[sample], seen[sample]
+    voxel_ml *= step**3
+    covered = np.all(seen, axis=0)
+    head = np.zeros(covered.shape, dtype=bool)
+    for channel, fov in zip(image, seen, strict=True):
+        head |= head_foreground(channel, fov)
+    head_voxels = int(head.sum())
+
+    def fraction(mask: np.ndarray) -> float:
+        return float((head & mask).sum()) / head_voxels if head_voxels else 0.0
+
+    return Coverage(
+        head_fraction=fraction(covered),
+        by_role={role: fraction(fov) for role, fov in zip(roles, seen, strict=True)},
+        head_ml=head_voxels * voxel_ml,
+        covered_head_ml=float((head & covered).sum()) * voxel_ml,
+        min_head_coverage=min_head_coverage,
+    )
+
+
+def preprocess(image: np.ndarray, seen: np.ndarray, settings: Preprocessing
+               ) -> tuple[np.ndarray, tuple[slice, slice, slice], np.ndarray]:
+    """Normalise each channel over its own field of view, zero every channel outside the region all
+    series cover, crop to the covered foreground (if asked). Returns the input, the crop and the
+    covered region on the crop."""
+    image = np.where(seen, image, 0.0).astype(np.float32)
+    if settings.normalize == "zscore_nonzero":
+        image = np.stack([zscore_nonzero(channel) for channel in image])
+    covered = np.all(seen, axis=0)
+    image[:, ~covered] = 0.0
     crop = foreground_box(image) if settings.crop_foreground else tuple(slice(0, n) for n in image.shape[1:])
     cropped = image[(slice(None), *crop)]
-    if settings.normalize == "zscore_nonzero":
-        cropped = np.stack([zscore_nonzero(channel) for channel in cropped])
-    return np.ascontiguousarray(cropped, dtype=np.float32), crop  # type: ignore[return-value]
+    return np.ascontiguousarray(cropped, dtype=np.float32), crop, covered[crop]  # type: ignore[return-value]
 
 
 def build_model_input(
@@ -96,13 +235,25 @@ def build_model_input(
             raise StudyError(study, f"{role} series unusable: {error}", accession=selection.accession_number) from error
     reference = volumes[reference_role]
     grid_shape, grid_affine = isotropic_grid(reference, card.preprocessing.spacing_mm)
-    image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1) for role in card.channel_order])
-    prepared, crop = preprocess(image.astype(np.float32), card.preprocessing)
-    valid = np.all(image[(slice(None), *crop)] != 0, axis=0)
+    roles = list(card.channel_order)
+    image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1) for role in roles])
+    seen = np.stack([field_of_view(volumes[role], grid_shape, grid_affine) for role in roles])
+    if not np.all(seen, axis=0).any():
+        on_reference = seen[roles.index(reference_role)]
+        apart = [role for role, fov in zip(roles, seen, strict=True) if not (fov & on_reference).any()]
+        where = f": {', '.join(apart)} entirely outside the {reference_role} series" if apart else ""
+        raise StudyError(study, f"the selected series have no region in common{where}",
+                         accession=selection.accession_number)
+    coverage = measure_coverage(image, seen, roles, voxel_volume_ml(grid_affine),
+                                   card.preprocessing.min_head_coverage)
+    prepared, crop, valid = preprocess(image.astype(np.float32), seen, card.preprocessing)
     log.info(
-        "model grid %s at %.2f mm (orientation of %s), input cropped to %s",
-        grid_shape, card.preprocessing.spacing_mm, reference_role, prepared.shape[1:],
+        "model grid %s at %.2f mm (orientation of %s), input cropped to %s; every series covers %.1f%% of the "
+        "head (%s)", grid_shape, card.preprocessing.spacing_mm, reference_role, prepared.shape[1:],
+        100.0 * coverage.head_fraction, ", ".join(f"{r} {v:.1%}" for r, v in coverage.by_role.items()),
     )
+    if coverage.warning:
+        log.warning("study %s: %s", study, coverage.warning)
     return ModelInput(
         study_uid=study,
         image=prepared,
@@ -113,6 +264,7 @@ def build_model_input(
         reference=reference,
         reference_datasets=list(series[reference_role]),
         selection=selection,
+        coverage=coverage,
     )
 
 

@@ -55,6 +55,7 @@ def build_report(
     *,
     created: datetime | None = None,
     selection: Any | None = None,
+    coverage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report: per-label and per-region voxel counts and volumes (mL).
 
@@ -63,7 +64,9 @@ def build_report(
     {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}), `model` at least name and version,
     `input_series` role -> description/UID (strings or JSON-able mappings), `timings` step ->
     seconds. `created` defaults to now (UTC). `selection` (a SeriesSelection) adds the
-    "series_selection" section (see `series_section`).
+    "series_selection" section (see `series_section`). `coverage` (operators.model_input.Coverage.to_dict():
+    the part of the head every series covers, the card's minimum, a warning when below it) becomes
+    the report's "coverage" entry, and its warning one of the report's "warnings".
     """
     if not (isinstance(voxel_volume_ml, numbers.Real) and math.isfinite(voxel_volume_ml) and voxel_volume_ml > 0):
         raise ValueError(f"voxel_volume_ml must be a positive finite number, not {voxel_volume_ml!r}")
@@ -112,6 +115,7 @@ def build_report(
         "labels": label_entries,
         "regions": region_entries,
         "timings_s": timing_entries,
+        **_coverage_entries(coverage),
     }
     if selection is not None:
         report["series_selection"] = series_section(selection)
@@ -144,6 +148,15 @@ def series_section(selection: Any) -> dict[str, Any]:
         "skipped_files": _jsonable(inventory.get("skipped_files", [])),
         "unreadable_files": _jsonable(inventory.get("unreadable_files", [])),
     }
+
+
+def _coverage_entries(coverage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{"coverage": ..., "warnings": [...]} for the report, or nothing when coverage was not measured."""
+    if coverage is None:
+        return {}
+    entries = _jsonable(dict(coverage))
+    warning = entries.get("warning")
+    return {"coverage": entries, "warnings": [warning] if warning else []}
 
 
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:

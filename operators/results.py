@@ -68,6 +68,7 @@ def write_results(
             model={"name": card.name, "version": card.version, "intended_use": card.intended_use},
             input_series=model_input.selection.to_dict(), study_uid=model_input.study_uid, timings=dict(timings or {}),
             selection=model_input.selection,
+            coverage=model_input.coverage.to_dict() if model_input.coverage is not None else None,
         )
         write_report(report, staging / REPORT_NAME)
         write_preview(

@@ -15,6 +15,7 @@ multiple of 8 (viewers then fail to load it); this writer does not pad.
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from operators.multiframe import seg_source_images
+from operators.seg_header import character_set_for, clean_source_header, header_texts
 from operators.volume import sort_slices
 
 ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically abnormal structure")
@@ -86,7 +88,10 @@ def write_segmentation(
     """Encode `labels` as a BINARY SEG of the reference series and write it atomically.
 
     The SEG joins the reference study as a new series; its source images are the reference
-    instances. Raises ValueError if the label map's shape differs from the reference grid or
+    instances, whose headers are inherited through repaired copies (operators.seg_header: missing
+    Type 2 attributes empty, values that break their VR cleaned, the character set kept when it
+    encodes every text, else UTF-8). SeriesDate/Time and ContentDate/Time are the time of writing.
+    Raises ValueError if the label map's shape differs from the reference grid or
     it holds values not described by `segments`.
     """
     ordered = sort_slices(list(reference_datasets))
@@ -96,6 +101,11 @@ def write_segmentation(
     segment_numbers = _segment_numbers(labels, segments)
     frames = np.ascontiguousarray(segment_numbers.transpose(2, 1, 0))
     source_images, frames = seg_source_images(ordered, frames)  # a multi-frame reference: its original instance
+    sources = [clean_source_header(ds) for ds in source_images]  # repaired copies; the callers' stay as they are
+    own_texts = [algorithm_name, algorithm_version, series_description, manufacturer, manufacturer_model_name,
+                 device_serial_number, *(spec.name for spec in segments)]
+    character_set = character_set_for(sources[0].get("SpecificCharacterSet"), [*header_texts(sources[0]), *own_texts])
+    now = datetime.datetime.now()
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -112,7 +122,7 @@ def write_segmentation(
         for number, spec in enumerate(segments, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=source_images,
+        source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -126,7 +136,11 @@ def write_segmentation(
         device_serial_number=device_serial_number,
         series_description=series_description,
         omit_empty_frames=bool(frames.any()),
+        specific_character_set=None,  # set below: highdicom refuses ISO 2022 lists such as "\\ISO 2022 IR 87"
+        series_date=now.date(), series_time=now.time(), content_date=now.date(), content_time=now.time(),
     )
+    if character_set is not None:
+        seg.SpecificCharacterSet = character_set
     return _save_atomically(seg, Path(output_path))
 
 

@@ -218,3 +218,15 @@ def test_report_lists_every_series_with_its_fate_foreign_series_and_skipped_file
     assert "MIP" in section["policy"]["never_used_image_types"]
     assert report["input_series"]["t1c"]["runners_up"]
     assert "series_selection" not in make_report()  # without a selection the report keeps its old shape
+
+
+def test_report_carries_coverage_and_its_warning() -> None:
+    coverage = {"head_fraction": 0.33, "by_series": {"t2f": 0.33, "t1c": 1.0}, "min_head_coverage": 0.9,
+                "warning": "only 33% of the head is covered by every series"}
+    report = build_report(label_map(), 0.002, NAMES, REGIONS, MODEL, {}, "1.2", {}, coverage=coverage)
+    assert report["coverage"] == coverage
+    assert report["warnings"] == ["only 33% of the head is covered by every series"]
+    complete = build_report(label_map(), 0.002, NAMES, REGIONS, MODEL, {}, "1.2", {},
+                            coverage={**coverage, "head_fraction": 1.0, "warning": None})
+    assert complete["warnings"] == [] and complete["coverage"]["head_fraction"] == 1.0
+    assert "coverage" not in make_report() and "warnings" not in make_report()

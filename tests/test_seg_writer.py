@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
 from app.synthetic_study import truth_labels
+from operators.seg_header import character_set_for, clean_source_header
 from operators.seg_writer import SegmentSpec, write_segmentation
 from operators.volume import resample_to_grid, series_to_volume
 from segmamba.synthetic import Phantom
@@ -209,3 +213,145 @@ def test_segment_spec_from_dict() -> None:
         SegmentSpec.from_dict({**BRATS_SEGMENTS[0], "color": [0, 300, 0]})
     with pytest.raises(KeyError):
         SegmentSpec.from_dict({"label": 1, "name": "x", "color": [0, 0, 0]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers as hospitals send them: gaps, values that break their VR, national character sets.
+# ---------------------------------------------------------------------------------------------
+
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+         "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def reread(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """The dataset as a receiver reads it from a file (values encoded in its own character set)."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def reference_with(small_study: Any, change: Callable[[pydicom.Dataset], None]) -> list[pydicom.Dataset]:
+    """The small study's T1c instances, each changed by ``change`` and written/read back."""
+    sources = []
+    for path in small_study.by_description("AX T1 POST GAD").files:
+        dataset = pydicom.dcmread(path)
+        change(dataset)
+        sources.append(reread(dataset))
+    return sources
+
+
+def lesion_labels(datasets: list[pydicom.Dataset]) -> np.ndarray:
+    labels = np.zeros(series_to_volume(datasets).shape, np.uint8)
+    labels[20:30, 18:28, 8:12] = 2
+    return labels
+
+
+def test_missing_type2_attributes_give_a_valid_seg_with_them_empty(
+    tmp_path: Path, small_study: Any, brats_segments: list[SegmentSpec],
+    dciodvfy_errors: Callable[[Path], list[str]],
+) -> None:
+    def strip(dataset: pydicom.Dataset) -> None:
+        for keyword in TYPE2:
+            delattr(dataset, keyword)
+
+    sources = reference_with(small_study, strip)
+    path = write_segmentation(lesion_labels(sources), sources, brats_segments, "SegMamba", "0.1", tmp_path / "s.dcm")
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    for keyword in TYPE2:
+        assert keyword in seg and not seg[keyword].value, keyword
+    assert all("PatientBirthDate" not in ds for ds in sources)  # the sources were not filled in
+    assert seg.StudyInstanceUID == small_study.study_instance_uid
+
+
+def test_values_that_break_their_vr_are_cleaned_on_copies(
+    tmp_path: Path, small_study: Any, brats_segments: list[SegmentSpec],
+    dciodvfy_errors: Callable[[Path], list[str]],
+) -> None:
+    def spoil(dataset: pydicom.Dataset) -> None:
+        dataset.AccessionNumber = "RAD2024000123456789"  # 19 characters in an SH (16)
+        dataset.StudyID = "12\x0134"  # a control character
+        dataset.StudyDate = "2024-01-05"
+        dataset.StudyTime = "08:15:30"
+        dataset.PatientBirthDate = "1970-13-45"  # no such date: emptied, not guessed
+        dataset.PatientSex = "female"
+        dataset.PatientAge = "45Y"
+        dataset.PatientID = "ID\t0042"
+        dataset.StudyDescription = "MRT Schädel\x07 " + "x" * 80
+        dataset.ReferringPhysicianName = "Dr^Who\\Second^Doctor"
+
+    sources = reference_with(small_study, spoil)
+    path = write_segmentation(lesion_labels(sources), sources, brats_segments, "SegMamba", "0.1", tmp_path / "s.dcm")
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    assert seg.AccessionNumber == "RAD2024000123456"
+    assert seg.StudyID == "12 34"
+    assert (seg.StudyDate, seg.StudyTime) == ("20240105", "081530")
+    assert seg.PatientBirthDate == "" and seg.PatientSex == "F" and seg.PatientAge == "045Y"
+    assert seg.PatientID == "ID 0042"
+    assert seg.StudyDescription.startswith("MRT Schädel") and len(seg.StudyDescription) == 64
+    assert "\\" not in str(seg.ReferringPhysicianName)
+    assert sources[0].AccessionNumber == "RAD2024000123456789"  # the source keeps its own values
+    assert sources[0].StudyDate == "2024-01-05"
+    for keyword in ("SeriesDate", "SeriesTime", "ContentDate", "ContentTime"):
+        assert seg[keyword].value, keyword
+    assert seg.SeriesDate == seg.ContentDate
+
+
+@pytest.mark.parametrize(("charset", "name", "expected"), [
+    ("ISO_IR 100", "Müller^Jürgen", "ISO_IR 100"),
+    ("ISO_IR 126", "Ωmega^Αλφα", "ISO_IR 126"),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"]),
+    ("ISO_IR 192", "山田^太郎", "ISO_IR 192"),
+    ("ISO_IR 100", "Ωmega^Müller", "ISO_IR 192"),  # the declared set cannot hold it: UTF-8
+])
+def test_non_ascii_names_survive_in_the_right_character_set(
+    tmp_path: Path, small_study: Any, brats_segments: list[SegmentSpec],
+    dciodvfy_errors: Callable[[Path], list[str]], charset: Any, name: str, expected: Any,
+) -> None:
+    def rename(dataset: pydicom.Dataset) -> None:
+        dataset.SpecificCharacterSet = charset
+        dataset.PatientName = name
+
+    if expected != charset:  # a source that mislabels its names cannot be written as itself: build it in memory
+        sources = [pydicom.dcmread(path) for path in small_study.by_description("AX T1 POST GAD").files]
+        for dataset in sources:
+            rename(dataset)
+    else:
+        sources = reference_with(small_study, rename)
+    path = write_segmentation(lesion_labels(sources), sources, brats_segments, "SegMamba", "0.1", tmp_path / "s.dcm")
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    assert seg.SpecificCharacterSet == expected
+    assert str(seg.PatientName) == name
+
+
+def test_header_cleaning_rules_per_vr() -> None:
+    source = pydicom.Dataset()
+    source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    source.StudyInstanceUID = "1.2.3"
+    source.PatientBirthDate = "05.01.1971"
+    source.AcquisitionDate = "2024/02/30"  # no such day
+    source.StudyTime = "7:15"
+    source.PatientAge = "7 M"
+    source[0x00101030] = RawDataElement(Tag(0x00101030), "DS", 4, b"72,5", 0, False, True)  # as read from a file
+    source.SeriesNumber = "12.0"
+    source.BodyPartExamined = "head-neck"
+    source.ImageType = ["ORIGINAL", "PRIMARY", "", "M"]
+    source.PatientSex = "w"
+    before = {element.keyword: str(element.value) for element in source}
+    clean = clean_source_header(source)
+    assert {element.keyword: str(element.value) for element in source} == before  # the source is untouched
+    assert clean.PatientBirthDate == "19710105" and clean.AcquisitionDate == ""
+    assert clean.StudyTime == "" and clean.PatientAge == "007M"
+    assert clean.PatientWeight == "72.5" and clean.SeriesNumber == 12
+    assert clean.BodyPartExamined == "HEAD_NECK" and list(clean.ImageType) == ["ORIGINAL", "PRIMARY", "", "M"]
+    assert clean.PatientSex == ""  # not M, F or O: unknown, not guessed
+    assert list(clean.SpecificCharacterSet) == ["", "ISO 2022 IR 87"] and clean.StudyInstanceUID == "1.2.3"
+    for keyword in TYPE2:
+        assert keyword in clean
+    assert character_set_for(None, ["plain"]) is None
+    assert character_set_for(None, ["Müller"]) == "ISO_IR 192"
+    assert character_set_for("ISO_IR 100", ["Müller"]) == "ISO_IR 100"
+    assert character_set_for(["", "ISO 2022 IR 87"], ["山田"]) == ["", "ISO 2022 IR 87"]
