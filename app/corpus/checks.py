@@ -83,8 +83,12 @@ class Success:
     patient_name: str | None = None
 
     def summary(self, written: Written | None) -> str:
-        names = {role: (written.series(i).spec.description if written else str(i)) for role, i in self.roles.items()}
-        return "ok " + " ".join(f"{role}={name!r}" for role, name in names.items())
+        t1c = self.roles.get("t1c")
+        name = written.series(t1c).spec.description if written and t1c is not None else str(t1c)
+        facts = [f"t1c={name!r}"]
+        facts += [f"lossy #{i + 1}" for i in self.lossy] + [f"foreign #{i + 1}" for i in self.foreign]
+        facts += ["coverage warning"] if self.coverage_warning else []
+        return "ok " + ", ".join(facts)
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,9 @@ def check_success(
         return
     report = json.loads((output_dir / "report.json").read_text())
     chosen = _chosen(report)
-    outcome.got = "ok " + " ".join(f"{role}={chosen.get(role, ('?', '?'))[1]!r}" for role in expect.roles)
+    wrong = [role for role, index in expect.roles.items()
+             if chosen.get(role, ("", ""))[0] != written.series(index).series_instance_uid]
+    outcome.got = "ok" + "".join(f" {role}={chosen.get(role, ('', '-'))[1]!r}" for role in wrong)
     for role, index in expect.roles.items():
         info = written.series(index)
         uid, _description = chosen.get(role, ("", ""))
@@ -216,7 +222,7 @@ def _check_geometry(expect: Success, written: Written, seg: pydicom.Dataset, out
     outside_cover = 1.0 - float(covered(positive, grids).mean())
     seg_ml = float(on.sum()) * _seg_voxel_ml(seg, points)
     ratio = seg_ml / truth_ml if truth_ml > 0 else float("inf")
-    outcome.got += f" WT {seg_ml:.1f}/{truth_ml:.1f} mL, {inside:.0%} in lesion"
+    outcome.got += f", WT {seg_ml:.1f}/{truth_ml:.1f} mL ({ratio:.2f}), {inside:.0%} in lesion"
     low, high = expect.ratio
     if not low <= ratio <= high:
         outcome.problems.append(f"volume ratio {ratio:.2f} outside [{low}, {high}]")
