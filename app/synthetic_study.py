@@ -18,6 +18,7 @@ Geometry follows the project convention: a series grid is (shape, affine) with s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import warnings
@@ -370,7 +371,7 @@ def _instance(
 ) -> pydicom.Dataset:
     """Header of one instance: study attributes, series identity and the MR acquisition."""
     ds = pydicom.Dataset()
-    ds.update(study)
+    ds.update(copy.deepcopy(study))  # own elements: vendor and per-spec values must not leak into others
     sop_uid = generate_uid(entropy_srcs=[series_uid, str(instance)])
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
