@@ -218,9 +218,11 @@ def _selection_cases() -> list[Case]:
              seed=212, topic="selection"),
         Case("only-derived-series",
              tuple(dataclasses.replace(s, image_type=(*MPR, "M", "ND")) for s in siemens),
-             Failure(lambda w: r"(?i)series selection: .*(derived|reformat|MPR)"), seed=213, topic="selection"),
+             Failure(lambda w: r"(?i)series selection: .*(derived|reformat|MPR)",
+                     "series selection says only derived series"), seed=213, topic="selection"),
         Case("missing-flair", tuple(protocol("ge", "fr")[:3]),
-             Failure(lambda w: r"series selection: .*\bt2f\b"), seed=214, topic="selection"),
+             Failure(lambda w: r"series selection: .*\bt2f\b", "series selection: no t2f"), seed=214,
+             topic="selection"),
     ]
     return cases
 
@@ -278,7 +280,8 @@ def _layout_cases() -> list[Case]:
         Case("cd-unreadable-file-in-unselected-series", (*siemens, LOCALIZER), Success(ROLES), seed=502,
              prepare=_cd("nested", damage_index=4), topic="layout"),
         Case("cd-unreadable-file-in-selected-series", (*siemens, LOCALIZER),
-             Failure(lambda w: rf"{w.series_re(2)}.*{w.file_re()}|{w.file_re()}.*{w.series_re(2)}"), seed=503,
+             Failure(lambda w: rf"{w.series_re(2)}.*{w.file_re()}|{w.file_re()}.*{w.series_re(2)}",
+                     "unreadable file named with its series (#3)"), seed=503,
              prepare=_cd("nested", damage_index=2), topic="layout"),
     ]
 
@@ -320,7 +323,7 @@ def _foreign_cases() -> list[Case]:
         Case("foreign-series-of-another-patient", (*ge, dataclasses.replace(ge[2], other_study="patient")),
              Success(ROLES, foreign=(4,)), seed=701, topic="foreign"),
         Case("two-complete-studies", tuple(ge), Failure(lambda w: r"(?i)(two|2|several|multiple|more than one) stud",
-                                                        folder_head=True),
+                                                        "two studies in the input", folder_head=True),
              seed=702, second_study=tuple(protocol("siemens", "en")), topic="foreign"),
     ]
 
@@ -328,17 +331,18 @@ def _foreign_cases() -> list[Case]:
 def _corruption_cases() -> list[Case]:
     ge = tuple(protocol("ge", "en"))
 
-    def names(index: int) -> Callable[[Written], str]:
-        return lambda w: rf"{w.series_re(index)}.*{w.file_re()}|{w.file_re()}.*{w.series_re(index)}"
+    def names(index: int) -> Failure:
+        return Failure(lambda w: rf"{w.series_re(index)}.*{w.file_re()}|{w.file_re()}.*{w.series_re(index)}",
+                       f"bad pixel data, series #{index + 1} and file named")
 
     return [
-        Case("corrupt-truncated-jpeg-frame", ge, Failure(names(1)), seed=800,
+        Case("corrupt-truncated-jpeg-frame", ge, names(1), seed=800,
              prepare=_damage(1, encodings.truncate_frame, "jpeg-lossless-sv1"), topic="corruption"),
-        Case("corrupt-bit-flips-in-jpeg-frame", ge, Failure(names(1)), seed=801,
+        Case("corrupt-bit-flips-in-jpeg-frame", ge, names(1), seed=801,
              prepare=_damage(1, encodings.flip_bits, "jpeg-lossless-sv1"), topic="corruption"),
-        Case("corrupt-bit-flips-in-jpeg-ls-frame", ge, Failure(names(3)), seed=802,
+        Case("corrupt-bit-flips-in-jpeg-ls-frame", ge, names(3), seed=802,
              prepare=_damage(3, encodings.flip_bits, "jpeg-ls-lossless"), topic="corruption"),
-        Case("corrupt-native-pixel-length", ge, Failure(names(2)), seed=803,
+        Case("corrupt-native-pixel-length", ge, names(2), seed=803,
              prepare=_damage(2, encodings.short_native_pixels), topic="corruption"),
     ]
 

@@ -96,10 +96,11 @@ class Failure:
     """The study is refused: ``reason`` builds the regex the reason must match (searched)."""
 
     reason: Callable[[Written], str]
+    label: str
     folder_head: bool = False  # the line may name the input folder instead of the study UID
 
     def summary(self, written: Written | None) -> str:
-        return "ERROR " + (self.reason(written) if written else "...")
+        return f"ERROR: {self.label}"
 
 
 @dataclass
