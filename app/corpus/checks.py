@@ -69,7 +69,8 @@ class Success:
 
     ratio bounds the segmented whole-tumour volume over the true one inside the region every chosen
     series covers; inside is the least fraction of SEG voxels inside the true lesion. lossy and
-    foreign are series indices the report must flag as lossy / list as foreign; coverage_warning asks
+    foreign are series indices the report must flag as lossy / list as foreign (and the log warn
+    about); coverage_warning asks
     for a covered fraction and a warning about it; report_patterns must each match the report text.
     """
 
@@ -198,6 +199,11 @@ def check_success(
         outcome.problems.append(f"SEG PatientName {str(seg.PatientName)!r}, expected {expect.patient_name!r}")
     _check_geometry(expect, written, seg, outcome)
     _check_report(expect, written, report, outcome)
+    warnings = [line for line in err.splitlines() if " WARNING " in line]
+    for index in expect.foreign:
+        info = written.series(index)
+        if not any(info.series_instance_uid in line or info.spec.description in line for line in warnings):
+            outcome.problems.append(f"the log does not warn about the foreign series #{index + 1}")
 
 
 def _chosen(report: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
