@@ -80,12 +80,20 @@ def test_encoded_studies_carry_their_transfer_syntax(syntax: str, tmp_path: Path
 
 @pytest.mark.parametrize(("name", "sop_class"), [("multiframe-legacy-converted", LegacyConvertedEnhancedMRImageStorage),
                                                  ("multiframe-enhanced-mr", EnhancedMRImageStorage)])
-def test_multiframe_series_are_one_object_each(name: str, sop_class: str, tmp_path: Path) -> None:
+def test_multiframe_series_are_one_object_each(
+    name: str, sop_class: str, tmp_path: Path, dciodvfy_errors: Callable[[Path], list[str]]
+) -> None:
     written = _written(name, tmp_path)
     instances = _instances(written.folder)
     assert len(instances) == 4 and {ds.SOPClassUID for ds in instances} == {sop_class}
     assert {ds.SeriesInstanceUID for ds in instances} == {s.series_instance_uid for s in written.study.series}
     assert {int(ds.NumberOfFrames) for ds in instances} == {24}
+    assert all(dciodvfy_errors(Path(ds.filename)) == [] for ds in instances)
+    if sop_class == EnhancedMRImageStorage:  # acquisition attributes only in the functional groups
+        shared = instances[1].SharedFunctionalGroupsSequence[0]
+        assert "RepetitionTime" not in instances[1] and "EchoTime" not in instances[1]
+        assert float(shared.MRTimingAndRelatedParametersSequence[0].RepetitionTime) == 500.0
+        assert float(shared.MREchoSequence[0].EffectiveEchoTime) == 10.0
 
 
 def test_cd_layouts(tmp_path: Path) -> None:

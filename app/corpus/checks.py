@@ -98,7 +98,7 @@ class Failure:
 
     reason: Callable[[Written], str]
     label: str
-    folder_head: bool = False  # the line may name the input folder instead of the study UID
+    folder_head: bool = False  # no single study: the line may name the input folder instead of a study UID
 
     def summary(self, written: Written | None) -> str:
         return f"ERROR: {self.label}"
@@ -140,7 +140,7 @@ def error_head(written: Written, folder_head: bool) -> str:
     where = f"(?:{re.escape(written.study.accession_number)}|{re.escape(str(written.folder))})"
     if folder_head:
         folder = re.escape(str(written.folder))
-        return rf"^ERROR study (?:{uid} \({where}\)|{folder}(?: \({where}\))?): "
+        return rf"^ERROR study (?:{uid} \({where}\)|{folder}|\S.*? \({folder}\)): "
     return rf"^ERROR study {uid} \({where}\): "
 
 

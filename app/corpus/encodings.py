@@ -88,6 +88,8 @@ def to_multiframe(files: Sequence[Path], target: Path, *, enhanced: bool = False
         instance_number=1,
     )
     legacy.SeriesInstanceUID = first.SeriesInstanceUID  # the same series, now as one object
+    if "ReferencedSeriesSequence" in legacy:  # would reference the classic files this object replaces
+        del legacy.ReferencedSeriesSequence
     if enhanced:
         _make_enhanced(legacy, first)
     for path in files:
@@ -96,27 +98,80 @@ def to_multiframe(files: Sequence[Path], target: Path, *, enhanced: bool = False
     return target
 
 
+def _item(**values: object) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
 def _make_enhanced(dataset: pydicom.Dataset, source: pydicom.Dataset) -> None:
-    """Adapt a Legacy Converted Enhanced MR object into an Enhanced MR Image's shape."""
+    """Adapt a Legacy Converted Enhanced MR object into an Enhanced MR Image.
+
+    The acquisition attributes move from the legacy "unassigned" groups into the Enhanced MR
+    functional-group macros (MR Timing and Related Parameters, MR Echo, MR Averages, ...), as an
+    Enhanced MR scanner writes them; no top-level RepetitionTime/EchoTime remains.
+    """
     dataset.SOPClassUID = EnhancedMRImageStorage
     dataset.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
     image_type = [*list(source.ImageType)[:2], "NONE", "NONE"]
     dataset.ImageType = image_type
-    dataset.ContentQualification = "PRODUCT"
-    dataset.ResonantNucleus = "1H"
-    dataset.KSpaceFiltering = "NONE"
-    dataset.MagneticFieldStrength = source.get("MagneticFieldStrength", 3.0)
-    dataset.ApplicableSafetyStandardAgency = "IEC"
-    dataset.ImageComments = "Enhanced MR (synthetic)"
+    inversion = "InversionTime" in source
+    dataset.update(_item(
+        ContentQualification="PRODUCT", ResonantNucleus="1H", KSpaceFiltering="NONE", BurnedInAnnotation="NO",
+        LossyImageCompression="00", AcquisitionDuration=60.0, AcquisitionContrast="UNKNOWN",
+        ComplexImageComponent="MAGNITUDE", MagneticFieldStrength=source.get("MagneticFieldStrength", 3.0),
+        ApplicableSafetyStandardAgency="IEC", PulseSequenceName=str(source.get("SequenceName", "")) or "UNKNOWN",
+        MRAcquisitionType=source.MRAcquisitionType, EchoPulseSequence="SPIN" if "SE" in source.ScanningSequence
+        else "GRADIENT", MultipleSpinEcho="NO", MultiPlanarExcitation="NO", PhaseContrast="NO",
+        TimeOfFlightContrast="NO", SteadyStatePulseSequence="NONE", EchoPlanarPulseSequence="NO",
+        SaturationRecovery="NO", SpectrallySelectedSuppression="NONE", OversamplingPhase="NONE",
+        GeometryOfKSpaceTraversal="RECTILINEAR", SegmentedKSpaceTraversal="SINGLE", NumberOfKSpaceTrajectories=1,
+        RectilinearPhaseEncodeReordering="LINEAR",
+    ))
+    shared = dataset.SharedFunctionalGroupsSequence[0]
+    shared.MRImageFrameTypeSequence = [_item(
+        FrameType=image_type, PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME",
+        VolumeBasedCalculationTechnique="NONE", ComplexImageComponent="MAGNITUDE", AcquisitionContrast="UNKNOWN")]
+    shared.MRTimingAndRelatedParametersSequence = [_item(
+        RepetitionTime=source.RepetitionTime, FlipAngle=source.FlipAngle, EchoTrainLength=source.EchoTrainLength,
+        RFEchoTrainLength=source.EchoTrainLength, GradientEchoTrainLength=0,
+        OperatingModeSequence=[_item(OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL")],
+        SpecificAbsorptionRateSequence=[_item(SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
+                                              SpecificAbsorptionRateValue=0.5)],
+        GradientOutputType="DB_DT", GradientOutput=1.0)]
+    shared.MREchoSequence = [_item(EffectiveEchoTime=source.EchoTime)]
+    shared.MRAveragesSequence = [_item(NumberOfAverages=source.get("NumberOfAverages", 1))]
+    shared.MRModifierSequence = [_item(
+        InversionRecovery="YES" if inversion else "NO", FlowCompensation="NONE", Spoiling="NONE",
+        T2Preparation="NO", SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE",
+        PartialFourier="NO", ParallelAcquisition="NO", **({"InversionTimes": [source.InversionTime]} if inversion
+                                                          else {}))]
+    shared.MRImagingModifierSequence = [_item(
+        MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE", TransmitterFrequency=123.2,
+        PixelBandwidth=source.get("PixelBandwidth", 200))]
+    shared.MRReceiveCoilSequence = [_item(
+        ReceiveCoilName="HEAD 32", ReceiveCoilType="MULTICOIL", QuadratureReceiveCoil="NO",
+        ReceiveCoilManufacturerName=source.Manufacturer,
+        MultiCoilDefinitionSequence=[_item(MultiCoilElementName="H1", MultiCoilElementUsed="YES")])]
+    shared.MRTransmitCoilSequence = [_item(TransmitCoilName="BODY", TransmitCoilType="BODY",
+                                           TransmitCoilManufacturerName=source.Manufacturer)]
+    shared.MRFOVGeometrySequence = [_item(
+        InPlanePhaseEncodingDirection=source.get("InPlanePhaseEncodingDirection", "ROW"),
+        MRAcquisitionFrequencyEncodingSteps=int(source.Columns),
+        MRAcquisitionPhaseEncodingStepsInPlane=int(source.Rows),
+        PercentSampling=100.0, PercentPhaseFieldOfView=100.0)]
+    if "UnassignedSharedConvertedAttributesSequence" in shared:
+        del shared.UnassignedSharedConvertedAttributesSequence
+    stamp = f"{source.AcquisitionDate}{source.AcquisitionTime}"
     for frame in dataset.PerFrameFunctionalGroupsSequence:
-        item = pydicom.Dataset()
-        item.FrameType = image_type
-        item.PixelPresentation = "MONOCHROME"
-        item.VolumetricProperties = "VOLUME"
-        item.VolumeBasedCalculationTechnique = "NONE"
-        item.ComplexImageComponent = "MAGNITUDE"
-        item.AcquisitionContrast = "UNKNOWN"
-        frame.MRImageFrameTypeSequence = [item]
+        for keyword in ("MRImageFrameTypeSequence", "UnassignedPerFrameConvertedAttributesSequence"):
+            if keyword in frame:
+                delattr(frame, keyword)
+        content = frame.FrameContentSequence[0]
+        content.FrameAcquisitionDuration = 1000.0
+        content.FrameReferenceDateTime = stamp
+        content.FrameAcquisitionDateTime = stamp
 
 
 # --- damage -------------------------------------------------------------------------------------
