@@ -159,7 +159,7 @@ def _selection_cases() -> list[Case]:
         Case("repeat-after-motion", (ge[0], dataclasses.replace(t1c_ge, acquisition_time="093000"),
                                      dataclasses.replace(t1c_ge, acquisition_time="094500"), ge[2], ge[3]),
              Success({"t1n": 0, "t1c": 2, "t2w": 3, "t2f": 4}), seed=201, topic="selection"),
-        Case("repeat-flair-same-time-later-number",
+        Case("repeat-flair-later-acquisition",
              (*siemens[:3], dataclasses.replace(siemens[3], acquisition_time="101000"),
               dataclasses.replace(siemens[3], acquisition_time="101900", acquisition_number=2)),
              Success({"t1n": 0, "t1c": 1, "t2w": 2, "t2f": 4}), seed=202, topic="selection"),
