@@ -5,17 +5,26 @@ a 2D/3D acquisition of one contrast in any orientation, resolution and field of 
 distractors real studies carry (a 3-plane localizer, a DWI series with two b-values).
 Everything (UIDs, noise, file names, write order) is deterministic from the seed.
 
+A spec can also carry what real scanners and archives write: the vendor (Manufacturer, model,
+software, the vendor's ImageType values), ProtocolName/SequenceName, DERIVED ImageTypes (reformats,
+lossy copies with LossyImageCompression 01), contrast-bolus attributes (or none), ImagesInAcquisition,
+acquisition times and numbers (repeats), Type 2 attributes left out, values that break their VR, and
+membership of another study or patient (a prior, or a foreign series). Non-ASCII patient names are
+written in the study's SpecificCharacterSet.
+
 Geometry follows the project convention: a series grid is (shape, affine) with shape =
 (Columns, Rows, slices), indexed [i, j, k], and affine mapping (i, j, k, 1) to patient LPS mm.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
@@ -26,6 +35,26 @@ from scipy.spatial.transform import Rotation
 from segmamba.synthetic import Phantom
 
 SeriesKind = Literal["image", "localizer", "dwi"]
+OtherStudy = Literal["", "prior", "patient"]
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """Equipment attributes of one scanner make, and the ImageType it writes on original images."""
+
+    manufacturer: str
+    model: str
+    software: str
+    image_type: tuple[str, ...]
+    station: str = "MR01"
+
+
+SIEMENS = Vendor("SIEMENS", "Prisma_fit", "syngo MR XA30", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), "MRC40123")
+GE = Vendor("GE MEDICAL SYSTEMS", "SIGNA Premier", "30\\LX\\MR Software release:RX30.1_R02",
+            ("ORIGINAL", "PRIMARY", "OTHER"), "GEMR3T")
+PHILIPS = Vendor("Philips Medical Systems", "Ingenia Elition X", "5.7.1\\5.7.1.2",
+                 ("ORIGINAL", "PRIMARY", "M_SE", "M", "SE"), "PHMR1")
+VENDORS: dict[str, Vendor] = {"siemens": SIEMENS, "ge": GE, "philips": PHILIPS}
 
 # Base frames: columns are the row direction, the column direction and the slice normal (LPS).
 _BASE_FRAMES: dict[str, np.ndarray] = {
@@ -58,7 +87,14 @@ _ACQUISITIONS: dict[str, _Acquisition] = {
     "t2w": _Acquisition("SE", "SK\\SP", "FC", "2D", 4000.0, 100.0, 90.0, 16, None, "*tse2d1_16"),
     "t2f": _Acquisition("SE\\IR", "SK\\SP\\MP", "IR", "2D", 9000.0, 120.0, 150.0, 20, 2500.0, "*tir2d1_20"),
     "dwi": _Acquisition("EP", "SK\\SP", "FS", "2D", 5200.0, 89.0, 90.0, 1, None, "*ep_b1000t"),
+    # alternatives a spec can name with `acquisition`
+    "t1_3d": _Acquisition("GR\\IR", "SK\\SP\\MP", "IR", "3D", 2300.0, 2.98, 9.0, 1, 900.0, "*tfl3d1_16ns"),
+    "t1_2d": _Acquisition("SE", "SK\\SP", "", "2D", 500.0, 10.0, 90.0, 3, None, "*se2d1"),
+    "t2_3d": _Acquisition("SE", "SK\\SP\\OSP", "", "3D", 3200.0, 409.0, 120.0, 258, None, "*spc_314ns"),
+    "flair_3d": _Acquisition("SE\\IR", "SK\\SP\\MP\\OSP", "IR", "3D", 5000.0, 387.0, 120.0, 251, 1800.0,
+                             "*spcir_278ns"),
 }
+_BOLUS_DEFAULT = "auto"
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,17 @@ class SeriesSpec:
     orientation names a base frame; tilt_deg rotates it about the LPS x, y, z axes (oblique).
     center is the field-of-view centre (LPS mm), the phantom's head centre by default.
     kind "localizer" writes one slice in each base plane; "dwi" writes each slice per b-value.
+
+    Scanner realism (defaults keep the plain synthetic header): vendor sets the equipment and the
+    ImageType of originals; image_type overrides ImageType; lossy marks a decompressed lossy copy
+    (DERIVED\\PRIMARY, LossyImageCompression 01); acquisition names another entry of the
+    acquisition table (e.g. "t1_3d" for a 3D post-contrast MPRAGE); contrast_agent "auto" gives
+    t1c series Gadobutrol, None writes no bolus attributes, another string that agent (with
+    contrast_ingredient and contrast_start_time when given); acquisition_time (HHMMSS) and
+    acquisition_number tell repeats apart; drop_attributes removes attributes from every
+    instance; set_attributes writes (keyword, value) pairs as they are, even if they break the VR;
+    other_study "prior" puts the series in another study of the same patient, "patient" in a
+    study of another patient.
     """
 
     contrast: str
@@ -83,6 +130,21 @@ class SeriesSpec:
     center: tuple[float, float, float] | None = None
     kind: SeriesKind = "image"
     b_values: tuple[float, ...] = (0.0, 1000.0)
+    vendor: Vendor | None = None
+    image_type: tuple[str, ...] | None = None
+    lossy: bool = False
+    protocol_name: str | None = None
+    sequence_name: str | None = None
+    acquisition: str | None = None
+    contrast_agent: str | None = _BOLUS_DEFAULT
+    contrast_ingredient: str | None = None
+    contrast_start_time: str | None = None
+    images_in_acquisition: bool = False
+    acquisition_time: str | None = None
+    acquisition_number: int = 1
+    drop_attributes: tuple[str, ...] = ()
+    set_attributes: tuple[tuple[str, Any], ...] = ()
+    other_study: OtherStudy = ""
 
     @property
     def spacing_between_slices(self) -> float:
@@ -100,6 +162,8 @@ class SeriesInfo:
     files: tuple[Path, ...]
     shape: tuple[int, int, int] | None
     affine: np.ndarray | None = field(repr=False)
+    study_instance_uid: str = ""
+    patient_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,33 +220,46 @@ def write_study(
     noise: float = 0.01,
     shuffle_files: bool = False,
     opaque_names: bool = False,
+    character_set: str = "ISO_IR 100",
+    name_prefix: str = "",
 ) -> StudyInfo:
     """Write one MR study of `phantom` into out_dir (flat) and describe what was written.
 
     noise is the Rician noise sigma relative to full signal. shuffle_files writes the files in a
     random order; opaque_names names them with random hex instead of series_instance numbers.
+    character_set is the SpecificCharacterSet the patient name is encoded in (e.g. "ISO_IR 192"
+    for UTF-8); name_prefix starts every file name (two studies in one folder).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    study = _study_header(seed, patient_id, patient_name)
+    study = _study_header(seed, patient_id, patient_name, character_set)
+    others = {
+        "": study,
+        "prior": _study_header(seed, patient_id, patient_name, character_set, variant="prior"),
+        "patient": _study_header(seed, f"{patient_id}X", "Other^Patient", character_set, variant="patient"),
+    }
     pending: list[tuple[pydicom.Dataset, str]] = []
     infos = []
     for number, spec in enumerate(series_specs, start=1):
-        series_uid = generate_uid(entropy_srcs=[str(seed), study.StudyInstanceUID, "series", str(number)])
-        datasets = _series_datasets(spec, phantom, study, series_uid, number, rng, noise)
+        header = others[spec.other_study]
+        series_uid = generate_uid(entropy_srcs=[str(seed), header.StudyInstanceUID, "series", str(number)])
+        datasets = _series_datasets(spec, phantom, header, series_uid, number, rng, noise)
         names = [
-            rng.bytes(8).hex() if opaque_names else f"{number:03d}_{ds.InstanceNumber:04d}.dcm"
+            name_prefix + (rng.bytes(8).hex() if opaque_names else f"{number:03d}_{ds.InstanceNumber:04d}.dcm")
             for ds in datasets
         ]
         pending.extend(zip(datasets, names, strict=True))
         shape, affine = series_grid(spec, phantom) if spec.kind == "image" else (None, None)
         files = tuple(out_dir / name for name in names)
-        infos.append(SeriesInfo(spec, series_uid, number, files, shape, affine))
+        infos.append(SeriesInfo(spec, series_uid, number, files, shape, affine, header.StudyInstanceUID,
+                                str(header.PatientID)))
     order = rng.permutation(len(pending)) if shuffle_files else np.arange(len(pending))
-    for index in order:
-        dataset, name = pending[index]
-        dataset.save_as(out_dir / name, enforce_file_format=True)
+    with warnings.catch_warnings():  # values that break their VR on purpose (set_attributes)
+        warnings.simplefilter("ignore", UserWarning)
+        for index in order:
+            dataset, name = pending[index]
+            dataset.save_as(out_dir / name, enforce_file_format=True)
     return StudyInfo(
         study_instance_uid=study.StudyInstanceUID,
         frame_of_reference_uid=study.FrameOfReferenceUID,
@@ -192,22 +269,28 @@ def write_study(
     )
 
 
-def _study_header(seed: int, patient_id: str, patient_name: str) -> pydicom.Dataset:
-    """Patient, study, frame-of-reference and equipment attributes shared by every instance."""
-    day = datetime.date(2024, 1, 1) + datetime.timedelta(days=seed % 365)
+def _study_header(
+    seed: int, patient_id: str, patient_name: str, character_set: str = "ISO_IR 100", variant: str = ""
+) -> pydicom.Dataset:
+    """Patient, study, frame-of-reference and equipment attributes shared by every instance.
+
+    variant names another study (a prior, another patient's) made from the same seed.
+    """
+    extra = [variant] if variant else []
+    day = datetime.date(2024, 1, 1) + datetime.timedelta(days=seed % 365 - (200 if variant else 0))
     ds = pydicom.Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SpecificCharacterSet = character_set
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(seed), patient_id, "study"])
-    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(seed), patient_id, "frame"])
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(seed), patient_id, "study", *extra])
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(seed), patient_id, "frame", *extra])
     ds.PositionReferenceIndicator = ""
     ds.StudyDate = day.strftime("%Y%m%d")
     ds.StudyTime = "081500"
     ds.StudyID = f"{seed % 10000:04d}"
-    ds.AccessionNumber = f"ACC{seed:08d}"
+    ds.AccessionNumber = f"ACC{seed:08d}" + ("P" if variant else "")
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "MRI BRAIN WITH AND WITHOUT CONTRAST"
     ds.Manufacturer = "SegMamba Synthetic"
@@ -235,7 +318,7 @@ def _series_datasets(
 ) -> list[pydicom.Dataset]:
     """All instances of one series, InstanceNumber ascending."""
     planes = _planes(spec, phantom)
-    acquisition = _ACQUISITIONS["dwi" if spec.kind == "dwi" else spec.contrast]
+    acquisition = _ACQUISITIONS[spec.acquisition or ("dwi" if spec.kind == "dwi" else spec.contrast)]
     sigma = noise * _SIGNAL_SCALE
     images = []
     for frame, origin, b_value in planes:
@@ -252,6 +335,9 @@ def _series_datasets(
         _set_pixels(ds, image, slope)
         if spec.kind == "dwi":
             ds.DiffusionBValue = b_value
+        if spec.images_in_acquisition:
+            ds.ImagesInAcquisition = len(planes)
+        _override(ds, spec)
         datasets.append(ds)
     return datasets
 
@@ -285,7 +371,7 @@ def _instance(
 ) -> pydicom.Dataset:
     """Header of one instance: study attributes, series identity and the MR acquisition."""
     ds = pydicom.Dataset()
-    ds.update(study)
+    ds.update(copy.deepcopy(study))  # own elements: vendor and per-spec values must not leak into others
     sop_uid = generate_uid(entropy_srcs=[series_uid, str(instance)])
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
@@ -294,25 +380,26 @@ def _instance(
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
-    ds.ImageType = {
-        "image": ["ORIGINAL", "PRIMARY", "OTHER"],
-        "localizer": ["ORIGINAL", "PRIMARY", "LOCALIZER"],
-        "dwi": ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"],
-    }[spec.kind]
+    ds.ImageType = _image_type(spec)
+    if spec.lossy:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = 12.5
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.Modality = "MR"
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = number
     ds.SeriesDescription = spec.description
-    ds.ProtocolName = spec.description
+    ds.ProtocolName = spec.description if spec.protocol_name is None else spec.protocol_name
     ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.StudyDate
-    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = f"{8 + number // 6:02d}{(number * 7) % 60:02d}00"
-    ds.AcquisitionNumber = 1
+    time = spec.acquisition_time or f"{8 + number // 6:02d}{(number * 7) % 60:02d}00"
+    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = time
+    ds.AcquisitionNumber = spec.acquisition_number
     ds.InstanceNumber = instance
     ds.ScanningSequence = acquisition.scanning_sequence
     ds.SequenceVariant = acquisition.sequence_variant
     ds.ScanOptions = acquisition.scan_options
     ds.MRAcquisitionType = acquisition.acquisition_type
-    ds.SequenceName = acquisition.sequence_name
+    ds.SequenceName = acquisition.sequence_name if spec.sequence_name is None else spec.sequence_name
     ds.RepetitionTime = acquisition.repetition_time
     ds.EchoTime = acquisition.echo_time
     if acquisition.inversion_time is not None:
@@ -324,11 +411,48 @@ def _instance(
     ds.PixelBandwidth = 200
     ds.AngioFlag = "N"
     ds.InPlanePhaseEncodingDirection = "ROW"
-    if spec.kind == "image" and spec.contrast == "t1c":
-        ds.ContrastBolusAgent = "Gadobutrol"
+    agent = spec.contrast_agent
+    if agent == _BOLUS_DEFAULT:
+        agent = "Gadobutrol" if spec.kind == "image" and spec.contrast == "t1c" else None
+    if agent is not None:
+        ds.ContrastBolusAgent = agent
         ds.ContrastBolusRoute = "IV"
         ds.ContrastBolusVolume = 7.5
+        if spec.contrast_ingredient is not None:
+            ds.ContrastBolusIngredient = spec.contrast_ingredient
+        if spec.contrast_start_time is not None:
+            ds.ContrastBolusStartTime = spec.contrast_start_time
+    if spec.vendor is not None:
+        ds.Manufacturer = spec.vendor.manufacturer
+        ds.ManufacturerModelName = spec.vendor.model
+        ds.SoftwareVersions = spec.vendor.software
+        ds.StationName = spec.vendor.station
     return ds
+
+
+def _image_type(spec: SeriesSpec) -> list[str]:
+    """ImageType: explicit, else the vendor's for originals (DERIVED\\PRIMARY when lossy), else plain."""
+    if spec.image_type is not None:
+        return list(spec.image_type)
+    if spec.kind != "image":
+        return {"localizer": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "dwi": ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"]}[
+            spec.kind
+        ]
+    values = list(spec.vendor.image_type) if spec.vendor is not None else ["ORIGINAL", "PRIMARY", "OTHER"]
+    if spec.lossy:
+        values[0] = "DERIVED"
+    return values
+
+
+def _override(ds: pydicom.Dataset, spec: SeriesSpec) -> None:
+    """Leave out spec.drop_attributes; write spec.set_attributes as given (VR not checked)."""
+    for keyword in spec.drop_attributes:
+        if keyword in ds:
+            delattr(ds, keyword)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in spec.set_attributes:
+            setattr(ds, keyword, value)
 
 
 def _set_plane(ds: pydicom.Dataset, spec: SeriesSpec, frame: np.ndarray, origin: np.ndarray) -> None:

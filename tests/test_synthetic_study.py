@@ -108,3 +108,52 @@ def test_deterministic_from_seed_with_opaque_names(tmp_path: Path) -> None:
     assert pydicom.dcmread(other.series[0].files[0]).pixel_array.tobytes() != pydicom.dcmread(
         first.series[0].files[0]
     ).pixel_array.tobytes()
+
+
+def test_scanner_realism_attributes(tmp_path: Path) -> None:
+    """Vendor, ImageType, lossy, bolus, repeats, dropped Type 2 and VR-breaking values, as specified."""
+    from app.synthetic_study import GE, SIEMENS
+
+    phantom = Phantom(lesion=Lesion(center=(20.0, 0.0, 20.0), radius=15.0))
+    grid = dict(rows=16, columns=16, slices=3, pixel_spacing=(12.0, 12.0))
+    specs = [
+        SeriesSpec("t1c", "t1_mprage_sag_KM", vendor=SIEMENS, acquisition="t1_3d", contrast_agent="Gadovist",
+                   contrast_ingredient="GADOLINIUM", contrast_start_time="093512", images_in_acquisition=True,
+                   acquisition_time="094500", acquisition_number=2, **grid),
+        SeriesSpec("t1c", "Ax T1 SE +C", vendor=GE, lossy=True, contrast_agent=None, **grid),
+        SeriesSpec("t2w", "MPR", image_type=("DERIVED", "SECONDARY", "MPR"), protocol_name="t2_space",
+                   sequence_name="*spc", drop_attributes=("PatientBirthDate", "AccessionNumber"),
+                   set_attributes=(("InstitutionName", "x" * 80),), **grid),
+    ]
+    write_study(tmp_path, phantom, specs, seed=3)
+    siemens, ge, derived = (pydicom.dcmread(tmp_path / f"00{n}_0001.dcm") for n in (1, 2, 3))
+    assert siemens.Manufacturer == "SIEMENS" and list(siemens.ImageType) == ["ORIGINAL", "PRIMARY", "M", "ND", "NORM"]
+    assert siemens.MRAcquisitionType == "3D" and siemens.InversionTime
+    assert (siemens.ContrastBolusAgent, siemens.ContrastBolusIngredient, siemens.ContrastBolusStartTime) == (
+        "Gadovist", "GADOLINIUM", "093512")
+    assert siemens.ImagesInAcquisition == 3 and siemens.AcquisitionTime == "094500" and siemens.AcquisitionNumber == 2
+    assert list(ge.ImageType) == ["DERIVED", "PRIMARY", "OTHER"] and ge.LossyImageCompression == "01"
+    assert ge.Manufacturer == "GE MEDICAL SYSTEMS" and "ContrastBolusAgent" not in ge
+    assert list(derived.ImageType) == ["DERIVED", "SECONDARY", "MPR"]
+    assert (derived.ProtocolName, derived.SequenceName) == ("t2_space", "*spc")
+    assert "PatientBirthDate" not in derived and "AccessionNumber" not in derived and "PatientBirthDate" in ge
+    assert derived.InstitutionName == "x" * 80
+
+
+def test_foreign_series_and_character_sets(tmp_path: Path) -> None:
+    phantom = Phantom(lesion=Lesion(center=(20.0, 0.0, 20.0), radius=15.0))
+    grid = dict(rows=16, columns=16, slices=2, pixel_spacing=(12.0, 12.0))
+    specs = [SeriesSpec("t1c", "T1 +C", **grid), SeriesSpec("t2f", "FLAIR old", other_study="prior", **grid),
+             SeriesSpec("t2w", "T2 other", other_study="patient", **grid)]
+    study = write_study(tmp_path, phantom, specs, seed=4, patient_name="Παπαδόπουλος^Ελένη",
+                        character_set="ISO_IR 192")
+    own, prior, other = (pydicom.dcmread(info.files[0]) for info in study.series)
+    assert own.StudyInstanceUID == study.study_instance_uid == study.series[0].study_instance_uid
+    assert prior.PatientID == own.PatientID and prior.StudyInstanceUID not in (own.StudyInstanceUID,
+                                                                               other.StudyInstanceUID)
+    assert other.PatientID != own.PatientID and study.series[2].patient_id == other.PatientID
+    assert prior.StudyDate < own.StudyDate
+    assert own.SpecificCharacterSet == "ISO_IR 192" and str(own.PatientName) == "Παπαδόπουλος^Ελένη"
+    again = write_study(tmp_path / "again", phantom, specs, seed=4, patient_name="Παπαδόπουλος^Ελένη",
+                        character_set="ISO_IR 192")
+    assert [s.series_instance_uid for s in again.series] == [s.series_instance_uid for s in study.series]
