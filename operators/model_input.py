@@ -232,7 +232,8 @@ def build_model_input(
         try:
             volumes[role] = series_to_volume(list(series[role]))
         except VolumeError as error:
-            raise StudyError(study, f"{role} series unusable: {error}", accession=selection.accession_number) from error
+            raise StudyError(study, f"{role} series unusable: {error}", accession=selection.accession_number,
+                             series=error.series, file=error.file) from error
     reference = volumes[reference_role]
     grid_shape, grid_affine = isotropic_grid(reference, card.preprocessing.spacing_mm)
     roles = list(card.channel_order)
