@@ -6,8 +6,10 @@ spacing (1 mm for the reference recipe). Channels follow the card's ``channel_or
 Partial coverage (a FLAIR slab, a T2 with a small field of view, series in different planes):
 the network only ever saw complete inputs, every channel present wherever the head is, and
 zero in all channels outside it (skull-stripped or background). So the input is restricted to
-the region that every series covers (its voxel centres within each series' outer voxel centres,
-no interpolation against the outside): all channels are zeroed outside it, which looks to the
+the region that every series covers (each voxel stands for its own extent, so a series covers up
+to half a voxel beyond its outer voxel centres, e.g. the outer half of a slab's end slices; there
+the nearest voxel's value is taken, never an interpolation against the zero outside the series):
+all channels are zeroed outside it, which looks to the
 network like the zero background of its training cases, never like a half-empty input. Each
 channel is z-scored over its own nonzero voxels within its own coverage (for a series that
 covers the whole head this is exactly the training statistic), then the input is cropped to the
@@ -127,8 +129,8 @@ def zscore_nonzero(channel: np.ndarray) -> np.ndarray:
 
 
 def field_of_view(volume: ImageVolume, grid_shape: tuple[int, int, int], grid_affine: np.ndarray) -> np.ndarray:
-    """Grid voxels whose centres lie within the series' outer voxel centres (linear interpolation
-    there uses the series' own voxels only, never the zero outside it)."""
+    """Grid voxels whose centres lie within the series' voxels (up to half a voxel beyond its outer
+    voxel centres: each voxel, a slice for instance, stands for its whole extent)."""
     source_from_grid = np.linalg.solve(volume.affine, np.asarray(grid_affine, dtype=np.float64))
     axes = [np.arange(n, dtype=np.float32) for n in grid_shape]
     inside = np.ones(tuple(grid_shape), dtype=bool)
@@ -137,7 +139,7 @@ def field_of_view(volume: ImageVolume, grid_shape: tuple[int, int, int], grid_af
         row = source_from_grid[axis].astype(np.float32)
         index = (row[3] + row[0] * axes[0][:, None, None] + row[1] * axes[1][None, :, None]
                  + row[2] * axes[2][None, None, :])
-        inside &= (index >= -tolerance) & (index <= size - 1 + tolerance)
+        inside &= (index >= -0.5 - tolerance) & (index <= size - 0.5 + tolerance)
     return inside
 
 
@@ -237,7 +239,9 @@ def build_model_input(
     reference = volumes[reference_role]
     grid_shape, grid_affine = isotropic_grid(reference, card.preprocessing.spacing_mm)
     roles = list(card.channel_order)
-    image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1) for role in roles])
+    # "nearest" beyond the outer voxel centres: the half-voxel margins take the edge voxels' values
+    image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1, mode="nearest")
+                      for role in roles])
     seen = np.stack([field_of_view(volumes[role], grid_shape, grid_affine) for role in roles])
     if not np.all(seen, axis=0).any():
         on_reference = seen[roles.index(reference_role)]

@@ -800,6 +800,7 @@ def select_series(
     patient = _study_patient(infos, study_uid, accession)
     candidates = [s for s in infos if not s.ignore_reasons]
     _discount_exam_wide_contrast(candidates)
+    _apply_exam_bolus_time(candidates)
     for s in candidates:
         _classify(s, config)
 
@@ -876,6 +877,25 @@ def _discount_exam_wide_contrast(candidates: list[_Series]) -> None:
     for s in candidates:
         s.contrast = None
         s.contrast_text = f"{s.contrast_text.removesuffix(' says post-contrast')} on every series, untimed: no evidence"
+
+
+def _apply_exam_bolus_time(candidates: list[_Series]) -> None:
+    """One ContrastBolusStartTime in the exam times the injection for every series: a series without
+    contrast attributes is pre-contrast when acquired before it, post-contrast when after."""
+    timed = [s for s in candidates if s.bolus_timed]
+    starts = {str(s.header.get("ContrastBolusStartTime", "")).replace(":", "").strip() for s in timed}
+    if len(starts) != 1:
+        return
+    whole, _, fraction = starts.pop().partition(".")
+    bolus = f"{whole:0<6}.{fraction:0<6}"
+    shown, source = _format_time("00000000" + bolus), timed[0].label
+    for s in candidates:
+        if s.contrast is not None or s.bolus_timed or not s.time_key:
+            continue
+        before = s.time_key[8:] < bolus
+        s.contrast = "pre" if before else "post"
+        s.contrast_text = (f"acquired at {_format_time(s.time_key)}, {'before' if before else 'after'} the exam's "
+                           f"ContrastBolusStartTime {shown} (series {source}): {s.contrast}-contrast")
 
 
 def _policy(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -216,10 +216,12 @@ def resample_to_grid(
     target_shape: tuple[int, int, int],
     target_affine: np.ndarray,
     order: int = 1,
+    mode: str = "constant",
 ) -> np.ndarray:
     """Sample `volume` at the voxel centres of a target grid (order 1 linear, 0 nearest).
 
-    Points outside the source volume get 0. Order 0 keeps the input dtype (use it for labels).
+    Points outside the source volume get 0 (``mode="constant"``) or the value of the nearest edge
+    voxel (``mode="nearest"``). Order 0 keeps the input dtype (use it for labels).
     """
     source_from_target = np.linalg.solve(volume.affine, np.asarray(target_affine, dtype=np.float64))
     return ndimage.affine_transform(
@@ -228,7 +230,7 @@ def resample_to_grid(
         offset=source_from_target[:3, 3],
         output_shape=tuple(int(n) for n in target_shape),
         order=order,
-        mode="constant",
+        mode=mode,
         cval=0.0,
     )
 

@@ -74,15 +74,16 @@ class CaseTruth:
 
 
 def covered_on(shape: Sequence[int], affine: np.ndarray, grids: Sequence[tuple[tuple[int, int, int], np.ndarray]],
-               margin: float = 0.0) -> np.ndarray:
-    """Voxels of a grid whose centres lie inside every one of ``grids`` (their outer slices' centres)."""
+               margin: float = 0.5) -> np.ndarray:
+    """Voxels of a grid whose centres lie inside every one of ``grids``: within ``margin`` voxels beyond
+    their outer voxel centres (half a voxel: each slice stands for its own thickness)."""
     index = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
     world = index @ affine[:3, :3].T + affine[:3, 3]
     inside = np.ones(len(world), dtype=bool)
     for grid_shape, grid_affine in grids:
         inverse = np.linalg.inv(grid_affine)
         source = world @ inverse[:3, :3].T + inverse[:3, 3]
-        inside &= np.all((source >= -margin) & (source <= np.asarray(grid_shape) - 1 + margin), axis=1)
+        inside &= np.all((source >= -margin - 1e-6) & (source <= np.asarray(grid_shape) - 1 + margin + 1e-6), axis=1)
     return inside.reshape(tuple(shape))
 
 

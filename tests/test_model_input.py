@@ -33,7 +33,7 @@ def test_field_of_view_is_where_the_series_has_its_own_voxels() -> None:
     shifted[0, 3] = 5.0
     mask = field_of_view(source, (10, 10, 10), shifted)
     assert mask[:5].all() and not mask[5:].any()
-    # A tilted, coarser series: every voxel centre inside its outer voxel centres, and no other.
+    # A tilted, coarser series: every grid centre within half a voxel of its outer voxel centres, and no other.
     tilted = np.eye(4)
     angle = np.radians(20.0)
     tilted[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) * 2.5
@@ -42,7 +42,7 @@ def test_field_of_view_is_where_the_series_has_its_own_voxels() -> None:
     grid = np.diag([1.0, 1.0, 1.0, 1.0])
     mask = field_of_view(series, (24, 24, 20), grid)
     index = grid_points((24, 24, 20), grid) @ np.linalg.inv(tilted)[:3, :3].T + np.linalg.inv(tilted)[:3, 3]
-    expected = np.all((index >= -1e-3) & (index <= np.array(series.shape) - 1 + 1e-3), axis=-1)
+    expected = np.all((index >= -0.5 - 1e-3) & (index <= np.array(series.shape) - 0.5 + 1e-3), axis=-1)
     assert np.array_equal(mask, expected) and 0 < mask.sum() < mask.size
 
 
@@ -105,8 +105,8 @@ def test_flair_slab_restricts_the_input_and_warns(tmp_path: Path, caplog: pytest
         model_input = _model_input(tmp_path, _protocol(**slab))
     image, valid = model_input.image, model_input.valid
     assert not image[:, ~valid].any()  # every channel zero outside the covered region
-    # The covered region is the slab between its outer slice centres: 7 x 6 mm = 42 mm, 2 mm voxels.
-    assert 20 <= image.shape[3] <= 22
+    # The covered region is the slab with its end slices' outer halves: 8 x 6 mm = 48 mm, 2 mm voxels.
+    assert 23 <= image.shape[3] <= 25
     # The head fraction equals the truth: the phantom's head inside the slab over its head on the grid.
     grid_shape, affine = model_input.grid_shape, model_input.grid_affine
     head = PHANTOM.tissue(grid_points(grid_shape, affine)) >= Tissue.SCALP
