@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS node_state (key TEXT PRIMARY KEY, value TEXT);
 """
 # Job columns added after the first release (journals written by it gain them on open).
 JOB_COLUMNS = {"runs": "INTEGER NOT NULL DEFAULT 0", "heartbeat_at": "REAL", "revision": "INTEGER NOT NULL DEFAULT 0",
-               "stale": "INTEGER NOT NULL DEFAULT 0", "seg_series_uid": "TEXT", "superseded_sop": "TEXT"}
+               "stale": "INTEGER NOT NULL DEFAULT 0", "seg_series_uid": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,8 @@ class Journal:
 
     def reopen_failed(self, study_uid: str, actor: str, detail: str) -> bool:
         """Reopen the study of a failed job (e.g. a modality resending it); False when its job has not failed."""
+        if not self.query("SELECT 1 FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)):
+            return False  # the common case (a resend of a done study) costs no write
         with self.transaction() as db:
             job = db.execute("SELECT id FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)).fetchone()
             if job is None:
