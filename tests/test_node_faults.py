@@ -3,7 +3,9 @@ while results are due; after restarts every accepted study ends as exactly one S
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -53,8 +55,9 @@ def test_kill_during_intake_processing_and_sending_with_pacs_down(source: Path, 
         time.sleep(2)  # a duplicate send would arrive now
         assert seg_counts(orthanc) == Counter({study: 1})
         assert node.journal_rows(f"SELECT COUNT(*) FROM instances WHERE study_uid = '{study}'") == [(instances,)]
-        [(state, attempts)] = node.journal_rows("SELECT state, attempts FROM jobs")
-        assert state == "done" and attempts == 2, "processing restarted once after the kill"
+        [(state, attempts, runs)] = node.journal_rows("SELECT state, attempts, runs FROM jobs")
+        assert (state, runs) == ("done", 2), "processing restarted once after the kill"
+        assert attempts == 0, "a restart of the node uses none of the job's attempts"
         wait_for(lambda: node.journal_rows("SELECT state FROM outbox") == [("sent",)], 10, "the acknowledgement")
         events = [row[0] for row in node.journal_rows("SELECT event FROM audit ORDER BY id")]
         assert events.count("recovered") == 1 and events.count("result-sent") == 1
@@ -93,3 +96,41 @@ def test_random_kills_lose_nothing_and_duplicate_nothing(source: Path, tmp_path:
         node.kill()
         orthanc.stop()
 
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_worker_dies_with_the_node_and_temporaries_go_at_start(tmp_path: Path) -> None:
+    """SIGKILL of the node process alone (not its group) takes the worker child with it; a restart
+    removes temporary files that interrupted receives left in the spool."""
+    node = NodeProcess(tmp_path / "node", None).start()
+    try:
+        wait_for(lambda: (node.ready() or {}).get("model"), 120, "the worker's model")
+        assert node.process is not None
+        workers = [c for c in _children(node.process.pid) if "python" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert workers, "the worker child runs"
+        os.kill(node.process.pid, signal.SIGKILL)
+        node.process.wait(timeout=10)
+        wait_for(lambda: not any(_running(w) for w in workers), 10, "the worker to die with its parent")
+        node.process = None
+        leftover = node.folder / "spool" / "studies" / "1.2.3" / ".4.5.dcm.0123abcd.tmp"
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half a C-STORE")
+        node.start()
+        assert not leftover.exists(), "temporary file of an interrupted receive removed at start"
+    finally:
+        node.kill()
