@@ -30,7 +30,7 @@ from app.node.metrics import NodeMetrics
 from app.node.web import NodeWebServer
 from app.node.worker import Worker
 from operators.inbox import Inbox
-from operators.intake import Intake, IntakeResult, Limits
+from operators.intake import CANNOT_UNDERSTAND, Intake, IntakeResult, Limits
 from operators.journal import Journal
 from operators.result_sender import ResultSender
 from operators.retention import clean_spool, remove_temporaries
@@ -44,14 +44,19 @@ MODEL_RETRY_DELAY = 10.0  # seconds between attempts to start a worker whose mod
 
 
 class _CountingIntake(Intake):
-    """The intake, counting results into the metrics; a resend of a failed study reopens it."""
+    """The intake, counting results into the metrics; a resend of a failed study reopens it; an object
+    that makes the reader fail unexpectedly is refused (0xC000), never the end of an intake thread."""
 
     def __init__(self, *args: Any, metrics: NodeMetrics, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metrics = metrics
 
     def accept(self, data: bytes, calling_ae: str) -> IntakeResult:
-        result = super().accept(data, calling_ae)
+        try:
+            result = super().accept(data, calling_ae)
+        except Exception as error:  # e.g. RecursionError on deeply nested sequences: refuse this object only
+            log.exception("intake from %s: unexpected failure reading an object", calling_ae)
+            result = IntakeResult(CANNOT_UNDERSTAND, f"not a usable DICOM instance: {type(error).__name__}")
         self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
         if result.duplicate and result.study_uid:
             try:
