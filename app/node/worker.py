@@ -16,7 +16,7 @@ journal update names the claim (``runs``), so a run whose job was taken back cha
 
 Results of a reopened study (instances arrived after its result) supersede the previous one: the
 new SEG joins the first result's SEG series as the next instance (InstanceNumber = revision + 1,
-ContentDescription naming the SEG it replaces), and report.json says so (``revision``,
+ContentDescription "Revision N: supersedes instance N-1 of this series"), and report.json says so (``revision``,
 ``supersedes``).
 """
 
@@ -60,14 +60,14 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def mark_superseding(files: dict[str, str], series_uid: str | None, revision: int, supersedes: str | None) -> None:
     """Make a result the next revision of a study's result: the SEG joins ``series_uid`` as instance
-    ``revision + 1`` with a ContentDescription naming the SEG it replaces; report.json says so too."""
+    ``revision + 1`` with a ContentDescription saying it supersedes the previous instance; report.json
+    names the superseded SEG (``supersedes``)."""
     seg_path = Path(files["segmentation"])
     seg = pydicom.dcmread(seg_path)
     if series_uid:
         seg.SeriesInstanceUID = series_uid
     seg.InstanceNumber = revision + 1
-    note = f"Revision {revision + 1}; supersedes SEG {supersedes}" if supersedes else f"Revision {revision + 1}"
-    seg.ContentDescription = note[:64]
+    seg.ContentDescription = f"Revision {revision + 1}: supersedes instance {revision} of this series"  # LO: 64
     _replace_atomically(seg_path, lambda target: seg.save_as(target, enforce_file_format=True))
     report_path = Path(files.get("report", ""))
     if report_path.is_file():
