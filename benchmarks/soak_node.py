@@ -110,6 +110,7 @@ def store_bytes(data: bytes, port: int) -> str | None:
     status = "none"
     try:
         assoc = ae.associate("127.0.0.1", port, [context], ae_title="SEGMAMBA")
+        status = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else status
         if assoc.is_established:
             try:
                 answer = assoc.send_c_store(dataset)
