@@ -13,12 +13,14 @@ A receiving study is ready when
 
 Isolation: whatever goes wrong while reading or judging one study (unreadable headers, malformed
 geometry, a bug) fails that study with its reason and the loop goes on to the next; ``check``
-never raises because of a study.
+never raises because of a study. A journal that cannot be written (full disk) fails no study:
+the study stays receiving and is judged again on the next check.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -154,6 +156,9 @@ class CompletionChecker:
             uid = str(study["study_uid"])
             try:
                 result = self._check_study(study)
+            except sqlite3.Error as error:  # the journal (e.g. a full disk), not the study: next tick again
+                log.warning("study %s: journal update failed (%s); checked again later", uid, error)
+                continue
             except StudyError as error:
                 self._fail(uid, error.line())
                 continue
@@ -189,7 +194,11 @@ class CompletionChecker:
 
     def _fail(self, uid: str, reason: str, trigger: str = "rejected") -> None:
         self._judged.pop(uid, None)
-        job_id = self.journal.fail_study(uid, trigger, reason)
+        try:
+            job_id = self.journal.fail_study(uid, trigger, reason)
+        except sqlite3.Error as error:  # the study stays receiving and is judged again next tick
+            log.warning("study %s: could not record its failure (%s): %s", uid, error, reason)
+            return
         log.error("study %s: failed before processing (job %s): %s", uid, job_id, reason)
 
     def has_required(self, study_uid: str, instances: int) -> bool:

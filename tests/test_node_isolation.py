@@ -110,3 +110,25 @@ def test_node_answers_success_then_fails_only_the_bad_study(source: Path, tmp_pa
         node.kill()
         orthanc.stop()
 
+
+
+def test_a_journal_that_cannot_be_written_fails_no_study(source: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while a study becomes complete: the study stays receiving and is queued once the
+    journal takes writes again (it is not failed as if its input were bad)."""
+    import sqlite3
+
+    clock = Clock()
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path, clock=clock)
+    intake = Intake(spool, journal)
+    study = copy_as_new_study(source, tmp_path / "a", 7)
+    _receive(intake, tmp_path / "a")
+    checker = CompletionChecker(journal, CompletionPolicy(quiet=2, stable=10, forced=100), clock=clock)
+    clock.now += 3
+    with monkeypatch.context() as patched:
+        patched.setattr(journal, "queue_study", lambda *_args: (_ for _ in ()).throw(
+            sqlite3.OperationalError("database or disk is full")))
+        assert checker.check() == []
+    assert [s["study_uid"] for s in journal.receiving_studies()] == [study]
+    assert [uid for uid, _job, _rule in checker.check()] == [study]

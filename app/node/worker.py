@@ -155,6 +155,10 @@ class Worker:
                 log.error("study %s job %d: journal update failed (%s); the job goes back to the queue", study,
                           job_id, error)
                 self._release(job_id, run, f"journal update failed: {error}", self.retry_delay)
+            except Exception as error:  # a bug recording the outcome (e.g. an unreadable SEG): retried
+                log.exception("study %s job %d: recording the outcome failed", study, job_id)
+                self.journal.retry_job(job_id, f"{type(error).__name__}: {first_line(str(error))}",
+                                       self.retry_delay * (int(job["attempts"]) + 1), None, run)
         finally:
             self.current_job, self._run = None, None
         return True
