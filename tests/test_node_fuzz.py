@@ -68,3 +68,25 @@ def test_hostile_files_fail_alone_among_good_studies(source: Path, tmp_path: Pat
     finally:
         node.kill()
         orthanc.stop()
+
+
+def test_an_undecodable_recorded_attribute_is_refused_not_retried(source: Path, tmp_path: Path) -> None:
+    """A flipped VR in PatientID (found by the soak): refused as 0xC000, not 0xA700 ('try again') forever."""
+    from dataclasses import replace
+
+    from app.config import Settings
+    from app.node.service import Node
+    from tests.node_peers import free_port
+
+    data = sorted(source.iterdir())[0].read_bytes()
+    at = data.index(b"\x10\x00\x20\x00LO")
+    corrupted = data[:at + 4] + b"\x4c\xcf" + data[at + 6:]
+    node = Node(replace(Settings(), spool=tmp_path / "spool", port=free_port(), http_port=0))
+    try:
+        result = node.intake.accept(corrupted, "MOD")
+        assert (result.status, result.transient) == (0xC000, False)
+        assert "PatientID cannot be decoded" in result.reason
+        assert node.intake.accept(data, "MOD").ok, "the intact object is accepted"
+    finally:
+        node.web.httpd.server_close()
+        node.journal.close()

@@ -16,6 +16,7 @@ Health: ``/healthz`` (liveness) is ok while the SCP and every loop thread are al
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import signal
@@ -23,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pydicom
 
 from app.config import Settings
 from app.node.executor import JobExecutor, Outcome
@@ -43,6 +46,24 @@ log = logging.getLogger("app.node")
 MODEL_RETRY_DELAY = 10.0  # seconds between attempts to start a worker whose model does not load
 
 
+RECORD_FIELDS = ("SOPClassUID", "Modality", "PatientID", "AccessionNumber")
+
+
+def unreadable_record_field(data: bytes) -> str | None:
+    """Why an attribute the journal records cannot be decoded (e.g. a corrupted VR: pydicom raises
+    NotImplementedError, which the intake would answer as a transient 0xA700 forever), or None."""
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return None  # the intake judges unparseable objects itself
+    for keyword in RECORD_FIELDS:
+        try:
+            str(dataset.get(keyword, ""))
+        except Exception as error:
+            return f"not a usable DICOM instance: {keyword} cannot be decoded ({type(error).__name__}: {error})"[:200]
+    return None
+
+
 class _CountingIntake(Intake):
     """The intake, counting results into the metrics; a resend of a failed study reopens it; an object
     that makes the reader fail unexpectedly is refused (0xC000), never the end of an intake thread."""
@@ -52,6 +73,12 @@ class _CountingIntake(Intake):
         self.metrics = metrics
 
     def accept(self, data: bytes, calling_ae: str) -> IntakeResult:
+        problem = unreadable_record_field(data)
+        if problem is not None:
+            log.warning("intake from %s refused: %s", calling_ae, problem)
+            result = IntakeResult(CANNOT_UNDERSTAND, problem)
+            self.metrics.instances.labels("refused").inc()
+            return result
         try:
             result = super().accept(data, calling_ae)
         except Exception as error:  # e.g. RecursionError on deeply nested sequences: refuse this object only
