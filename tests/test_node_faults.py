@@ -134,3 +134,31 @@ def test_worker_dies_with_the_node_and_temporaries_go_at_start(tmp_path: Path) -
         assert not leftover.exists(), "temporary file of an interrupted receive removed at start"
     finally:
         node.kill()
+
+
+def test_retention_prunes_journal_rows_of_purged_studies(tmp_path: Path) -> None:
+    from operators.journal import InstanceRecord, Journal
+    from operators.retention import clean_spool, remove_temporaries
+    from operators.spool import Spool
+
+    now = [1000.0]
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path, clock=lambda: now[0])
+    for number in (1, 2):
+        study = f"1.2.{number}"
+        path = spool.store_instance(study, f"1.1.{number}", b"x")
+        journal.record_instance(InstanceRecord(f"1.1.{number}", study, "1.3", "1.2.840.10008.5.1.4.1.1.4", "MR", path,
+                                               1, "MOD", patient_id=f"PAT{number}"))
+        job_id = journal.queue_study(study, "quiet")
+        run = journal.claim_job()["runs"]
+        journal.finish_job(job_id, {"segmentation": "s"}, {}, [], run)
+        now[0] += 3600  # study 1 finished an hour before study 2
+    now[0] -= 3600 - 60
+    (spool.study_dir("1.2.2") / ".x.dcm.abc.tmp").write_bytes(b"partial")
+    assert clean_spool(journal, spool, max_age_seconds=1800) == 1
+    assert not spool.study_dir("1.2.1").exists() and spool.study_dir("1.2.2").exists()
+    for table in ("instances", "studies", "jobs"):
+        assert [r[0] for r in journal.query(f"SELECT study_uid FROM {table}")] == ["1.2.2"], table
+    audit = journal.query("SELECT event, detail FROM audit WHERE study_uid = '1.2.1'")
+    assert [r["event"] for r in audit] == ["study-purged"] and "PAT1" not in audit[0]["detail"]
+    assert remove_temporaries(spool) == 1 and [p.name for p in spool.study_dir("1.2.2").iterdir()] == ["1.1.2.dcm"]
