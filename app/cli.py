@@ -61,6 +61,10 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--tls-key", Path, "PEM private key of --tls-cert"),
     ("--tls-ca", Path, "PEM CA bundle to verify peers"),
     ("--tls-require-client-cert", None, "SCP: require a client certificate signed by --tls-ca"),
+    ("--heartbeat-timeout", float, "a running job without a worker heartbeat this long is requeued (default 60)"),
+    ("--spool-min-free-mb", int, "/readyz fails below this much free spool space in MiB (default 1024)"),
+    ("--max-job-runs", int, "a job started this often without an outcome fails (default 10)"),
+    ("--retention-interval", float, "seconds between retention passes (default 10)"),
 )
 
 
@@ -185,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = bool(argv) and argv[0] == "demo"
     if argv and argv[0] == "serve":
         return _serve(build_serve_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "requeue":
+        return _requeue(build_requeue_parser().parse_args(argv[1:]))
     if argv and argv[0] == "evaluate":
         return _evaluate(build_evaluate_parser().parse_args(argv[1:]))
     args = (build_demo_parser() if demo else build_parser()).parse_args(argv[1:] if demo else argv)
@@ -251,3 +257,38 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ERROR node: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def build_requeue_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app requeue",
+        description="Process a study of the node again (a failed one, or a done one: the new result supersedes the "
+                    "last). Works while the node runs; it uses the journal in the spool folder.",
+    )
+    parser.add_argument("study", nargs="+", help="StudyInstanceUID(s)")
+    parser.add_argument("--config", type=Path, help="settings file (default: $HOLOSCAN_CONFIG_PATH or app.yaml)")
+    parser.add_argument("--spool", type=Path, help="spool folder (default: the settings' spool)")
+    return parser
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    """``python -m app requeue STUDY...``: put the studies' jobs back in the queue; 2 if one is not found."""
+    from operators.journal import Journal
+
+    try:
+        settings = load_settings(args.config, overrides={"spool": args.spool})
+    except ConfigError as error:
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    journal_path = settings.spool / "journal.sqlite3"
+    if not journal_path.is_file():
+        print(f"ERROR no journal at {journal_path}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    journal = Journal(journal_path)
+    status = 0
+    for study in args.study:
+        answer = journal.requeue(study, "requeue command")
+        print(f"study {study}: {answer}")
+        status = status or (EXIT_STUDY_FAILED if answer == "unknown study" else 0)
+    journal.close()
+    return status

@@ -33,6 +33,10 @@ INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "
               "max_study_instances": 1, "max_study_mb": 1}
 FLOAT_FIELDS = {"quiet_seconds": 0.0, "stable_seconds": 0.0, "forced_seconds": 0.0, "job_timeout": 1.0,
                 "send_backoff": 0.01, "send_backoff_max": 0.01, "retention_days": 0.0}
+# --- node core safety (health, heartbeats, retention): minimums of its settings ---
+INT_FIELDS.update({"spool_min_free_mb": 0, "max_job_runs": 1})
+FLOAT_FIELDS.update({"heartbeat_timeout": 1.0, "retention_interval": 0.1})
+# --- end node core safety ---
 ROLES = ("t1n", "t1c", "t2w", "t2f")
 DESTINATION_KEYS = ("name", "ae_title", "host", "port", "tls")
 
@@ -81,6 +85,12 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_require_client_cert: bool = False
+    # --- node core safety (health, heartbeats, retention); see app.yaml ---
+    heartbeat_timeout: float = 60.0
+    spool_min_free_mb: int = 1024
+    max_job_runs: int = 10
+    retention_interval: float = 10.0
+    # --- end node core safety ---
 
 
 def _convert(name: str, value: Any, base: Path) -> Any:

@@ -201,6 +201,16 @@ class NodeProcess:
         path = self.folder / "node.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def ready(self) -> dict[str, Any] | None:
+        """/readyz as JSON (also when it answers 503), None when the node does not answer."""
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=5) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            return dict(json.loads(error.read()))
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
     def jobs(self) -> list[dict[str, Any]]:
         return http_json(self.url + "/api/jobs") or []
 

@@ -94,13 +94,14 @@ def test_journal_states_and_outbox(tmp_path: Path) -> None:
     assert [r["event"] for r in journal.query("SELECT event FROM audit")][-1] == "late-instance"
 
     claimed = journal.claim_job()
-    assert claimed["id"] == job_id and claimed["attempts"] == 1 and journal.claim_job() is None
+    assert claimed["id"] == job_id and claimed["runs"] == 1 and journal.claim_job() is None
     assert journal.recover() == 1 and journal.job(job_id)["state"] == "ready"
     journal.claim_job()
     journal.retry_job(job_id, "RuntimeError: boom", delay=30)
     assert journal.claim_job() is None, "not before its retry delay"
     clock.now += 31
-    assert journal.claim_job()["attempts"] == 3
+    again = journal.claim_job()
+    assert (again["runs"], again["attempts"]) == (3, 1), "the restart used no attempt, the failure one"
     journal.finish_job(job_id, {"segmentation": "/s.dcm"}, {"infer": 1.0}, [("PACS", "/s.dcm", "9.9"), ("B", "/s.dcm",
                                                                                                           "9.9")])
     sends = journal.due_sends()

@@ -1,7 +1,9 @@
 """The node's web server (stdlib, one thread per request): status page, /healthz, /metrics, previews.
 
     /                      status page: recent jobs, stage timeline, failures with reasons, previews
-    /healthz               200 {"status": "ok"} while intake, worker and sender are alive, else 503
+    /healthz               liveness: 200 {"status": "ok"} while intake and the node's loops are alive, else 503
+    /readyz                readiness: 200 also needs the model loaded, a worker heartbeat, a writable journal
+                           and free spool space, else 503 naming what fails
     /metrics               Prometheus text format
     /api/jobs              recent jobs as JSON
     /jobs/<id>/preview.png a job's overlay preview
@@ -38,6 +40,7 @@ def job_summary(row: Mapping[str, Any]) -> dict[str, Any]:
         "finished": row["finished_at"], "stage_times": json.loads(row["stage_times"]) if row["stage_times"] else {},
         "sent": row["sent"], "sends": row["sends"], "delivered": row["delivered_at"], "send_error": row["send_error"],
         "preview": f"/jobs/{row['id']}/preview.png" if outputs.get("preview") else None,
+        "revision": int(row["revision"] or 0) + 1, "runs": row["runs"],
     }
 
 
@@ -64,6 +67,7 @@ def status_page(journal: Journal, title: str) -> str:
     for job in jobs:
         delivered = (f"{job['sent']}/{job['sends']} {_when(job['delivered'])}" if job["sends"] else "")
         problem = job["reason"] or job["send_error"] or ""
+        revision = f" (revision {job['revision']}, supersedes the earlier result)" if job["revision"] > 1 else ""
         preview = (f'<img class="preview" src="{job["preview"]}" alt="preview of job {job["id"]}" width="240" '
                    "onload=\"this.dataset.loaded = this.naturalWidth\">") if job["preview"] else ""
         rows.append(
@@ -71,7 +75,8 @@ def status_page(journal: Journal, title: str) -> str:
             f'<td><code>{html.escape(job["study_uid"])}</code><br>{html.escape(job["patient_id"] or "")} '
             f'{html.escape(job["accession"] or "")}</td><td>{html.escape(job["calling_ae"] or "")}</td>'
             f'<td>{job["instances"]}</td><td>{_when(job["received_last"])}</td>'
-            f'<td class="state">{html.escape(job["state"])}</td><td>{html.escape(job["trigger"] or "")}</td>'
+            f'<td class="state">{html.escape(job["state"])}'
+            f'{revision}</td><td>{html.escape(job["trigger"] or "")}</td>'
             f'<td>{job["attempts"]}</td><td>{_timeline(job["stage_times"])}</td><td>{delivered}</td>'
             f'<td class="reason">{html.escape(problem)}</td><td>{preview}</td></tr>'
         )
@@ -98,9 +103,10 @@ class NodeWebServer:
 
     def __init__(
         self, journal: Journal, registry: Any, healthy: Callable[[], dict[str, bool]], bind: str, port: int,
-        title: str = "SegMamba node",
+        title: str = "SegMamba node", ready: Callable[[], dict[str, bool]] | None = None,
     ) -> None:
         self.journal = journal
+        self.ready = ready or healthy
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -128,8 +134,8 @@ class NodeWebServer:
     def handle(self, request: BaseHTTPRequestHandler, registry: Any, healthy: Callable[[], dict[str, bool]],
                title: str) -> None:
         path = request.path.split("?", 1)[0]
-        if path == "/healthz":
-            parts = healthy()
+        if path in ("/healthz", "/readyz"):
+            parts = healthy() if path == "/healthz" else self.ready()
             ok = all(parts.values())
             self._send(request, 200 if ok else 503, "application/json",
                        json.dumps({"status": "ok" if ok else "unhealthy", **parts}).encode())
