@@ -21,7 +21,7 @@ from typing import Any
 from app.config import Settings
 from app.node.executor import JobExecutor, Outcome
 from app.node.metrics import NodeMetrics
-from app.node.web import NodeWebServer
+from app.node.web import NodeWebServer, web_access
 from app.node.worker import Worker
 from operators.inbox import Inbox
 from operators.intake import Intake, IntakeResult, Limits
@@ -29,7 +29,7 @@ from operators.journal import Journal
 from operators.result_sender import ResultSender
 from operators.retention import clean_spool
 from operators.spool import Spool
-from operators.storage_scp import ScpConfig, StorageSCP, server_ssl_context
+from operators.storage_scp import ScpConfig, StorageSCP, scp_ssl_context
 from operators.storage_scu import Destination, client_ssl_context
 from operators.study_completion import CompletionChecker, CompletionPolicy
 
@@ -44,8 +44,8 @@ class _CountingIntake(Intake):
         super().__init__(*args, **kwargs)
         self.metrics = metrics
 
-    def accept(self, data: bytes, calling_ae: str) -> IntakeResult:
-        result = super().accept(data, calling_ae)
+    def accept(self, data: bytes, calling_ae: str, *args: Any) -> IntakeResult:
+        result = super().accept(data, calling_ae, *args)
         self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
         return result
 
@@ -60,15 +60,14 @@ class Node:
         self.spool = Spool(settings.spool)
         self.journal = Journal(self.spool.journal_path)
         self.metrics = NodeMetrics(self.journal)
-        self.intake = _CountingIntake(self.spool, self.journal, Limits(settings.max_study_instances,
-                                                                       settings.max_study_mb << 20),
-                                      metrics=self.metrics)
-        tls = settings.tls_cert is not None and settings.tls_key is not None
+        self.intake = _CountingIntake(self.spool, self.journal, Limits(
+            settings.max_study_instances, settings.max_study_mb << 20, settings.min_free_mb << 20,
+            settings.quarantine_mb << 20), metrics=self.metrics)
         self.scp = StorageSCP(ScpConfig(
             settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
             settings.max_associations,
-            server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert)
-            if tls and settings.tls_cert and settings.tls_key else None,
+            scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert),
+            settings.association_request_timeout, settings.max_associations_per_peer,
         ), self.intake)
         self.inbox = Inbox(settings.inbox, self.intake) if settings.inbox else None
         self.completion = CompletionChecker(self.journal, CompletionPolicy(
@@ -83,7 +82,8 @@ class Node:
                                    settings.send_backoff_max, client_tls,
                                    on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc())
         self.web = NodeWebServer(self.journal, self.metrics.registry, self.health, settings.http_bind,
-                                 settings.http_port, f"SegMamba node {settings.ae_title}")
+                                 settings.http_port, f"SegMamba node {settings.ae_title}",
+                                 access=web_access(settings, self.spool.root))
         self.stop_event = threading.Event()
         self.worker_ready = False
         self._threads: list[threading.Thread] = []
