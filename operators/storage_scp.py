@@ -7,15 +7,20 @@ recognised"; an unknown caller gets reason 3), optionally over TLS. Each C-STORE
 with the intake's status (Success only once the instance is on disk and journalled).
 
 Intake cannot be starved by connections that send nothing: a new connection has
-``request_timeout`` seconds for its TLS handshake (done in its own thread, never in the accept
-loop) and its A-ASSOCIATE-RQ, one IP address may hold ``max_per_peer`` connections (more are
-closed at once), and up to ``max_associations`` may be open in all.
+``request_timeout`` seconds for its TLS handshake and first bytes (waited for in its own thread,
+never in the accept loop, before pynetdicom creates an association, so a silent connection holds
+no association slot and one closed by its peer goes at once; then pynetdicom's ACSE timeout, the
+same value, applies to the rest of the A-ASSOCIATE-RQ). One IP address may hold ``max_per_peer``
+connections (more are closed at once), ``8 * max_associations`` may be silent in all, and up to
+``max_associations`` associations may be open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -108,25 +113,43 @@ def peer_key(address: str) -> str:
 
 
 class _GuardedHandler(RequestHandler):
-    """Completes the TLS handshake in the connection's own thread, within the request timeout."""
+    """Waits, in the connection's own thread and at most the request timeout, for the peer to say
+    something (TLS handshake included) before pynetdicom builds an association for it: a silent
+    connection never takes an association slot, and one the peer closed is dropped at once."""
 
     server: _GuardedServer
 
     def handle(self) -> None:
         peer = peer_key(str(self.client_address[0]))
         try:
-            if isinstance(self.request, ssl.SSLSocket):
-                self.request.settimeout(self.server.request_timeout)
-                try:
-                    self.request.do_handshake()
-                except (OSError, ssl.SSLError) as error:
-                    log.warning("TLS handshake with %s failed: %s", peer, error)
-                    self.server.shutdown_request(self.request)
-                    return
-                self.request.settimeout(None)
-            super().handle()
+            if self._peer_speaks(peer):
+                super().handle()
+            else:
+                self.server.shutdown_request(self.request)
         finally:
             self.server.release_pending(peer)
+
+    def _peer_speaks(self, peer: str) -> bool:
+        sock = self.request
+        timeout = self.server.request_timeout
+        sock.settimeout(timeout)
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.do_handshake()
+                return bool(sock.pending() or select.select([sock], [], [], timeout)[0])
+            if sock.recv(1, socket.MSG_PEEK):
+                return True
+            log.info("connection from %s closed by the peer before its A-ASSOCIATE-RQ", peer)
+            return False
+        except TimeoutError:
+            log.info("connection from %s closed: nothing received within %.1f s", peer, timeout)
+            return False
+        except OSError as error:  # ssl.SSLError included: a failed handshake
+            log.warning("connection from %s closed: %s", peer, error)
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(None)
 
 
 class _GuardedServer(ThreadedAssociationServer):
@@ -134,6 +157,7 @@ class _GuardedServer(ThreadedAssociationServer):
 
     request_timeout = 5.0
     max_per_peer = 16
+    max_pending = 256  # silent connections in all (each holds a thread until the request timeout)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._pending: Counter[str] = Counter()
@@ -148,10 +172,12 @@ class _GuardedServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit a connection while its address holds fewer than ``max_per_peer`` (associations and
+        connections still silent) and fewer than ``max_pending`` connections are silent in all."""
         peer = peer_key(str(client_address[0]))
         live = sum(1 for a in self.ae.active_associations if a.is_acceptor and peer_key(a.requestor.address) == peer)
         with self._pending_lock:
-            if live + self._pending[peer] >= self.max_per_peer:
+            if live + self._pending[peer] >= self.max_per_peer or sum(self._pending.values()) >= self.max_pending:
                 log.warning("connection from %s closed: %d connections from that address already (limit %d)",
                             peer, live + self._pending[peer], self.max_per_peer)
                 return False
@@ -195,6 +221,7 @@ class StorageSCP:
         )
         server.request_timeout = self.config.request_timeout
         server.max_per_peer = self.config.max_per_peer
+        server.max_pending = 8 * self.config.max_associations
         stamp = datetime.now().strftime("%Y%m%d%H%M%S")
         threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()
         self.ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
