@@ -158,6 +158,7 @@ class _GuardedServer(ThreadedAssociationServer):
     request_timeout = 5.0
     max_per_peer = 16
     max_pending = 256  # silent connections in all (each holds a thread until the request timeout)
+    daemon_threads = True  # stopping never waits for a silent connection's timeout
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._pending: Counter[str] = Counter()

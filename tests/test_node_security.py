@@ -175,7 +175,7 @@ def test_idle_connections_do_not_starve_a_real_sender(tmp_path: Path, journal: J
 
 
 def _closed(sock: socket.socket) -> bool:
-    sock.settimeout(1)
+    sock.settimeout(0.5)
     try:
         return sock.recv(16) == b""
     except ConnectionResetError:
@@ -193,6 +193,9 @@ def test_one_address_cannot_take_every_slot(tmp_path: Path, journal: Journal) ->
             assert [_closed(sock) for sock in flood] == [False] * 4 + [True] * 8, \
                 "connections beyond the per-peer limit are closed at once"
             assert _echo_seconds(scp) < 2.0, "another address still gets in"
+        time.sleep(0.5)
+        with _idle(("127.0.0.1", scp.config.port), "127.0.0.2") as again:
+            assert not _closed(again), "connections the peer closed are not counted any more"
     finally:
         scp.stop()
 
