@@ -175,6 +175,7 @@ def test_bad_input_fails_clearly_and_the_node_stays_up(peers: Any, base: Any, tm
         metrics = response.read().decode()
     assert 'segmamba_job_failures_total{reason="SeriesSelectionError"}' in metrics
     assert 'segmamba_instances_received_total{result="refused"}' in metrics
+    assert 'segmamba_instances_refused_total{status="0xC000"}' in metrics, "refusals by status"
     assert "segmamba_queue_depth" in metrics and 'segmamba_job_stage_seconds_count{stage="infer"}' in metrics
 
 

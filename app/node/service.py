@@ -47,6 +47,8 @@ class _CountingIntake(Intake):
     def accept(self, data: bytes, calling_ae: str, *args: Any) -> IntakeResult:
         result = super().accept(data, calling_ae, *args)
         self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
+        if not result.ok:
+            self.metrics.refusals.labels(f"0x{result.status:04X}").inc()
         return result
 
 
