@@ -41,7 +41,7 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--port", int, "DICOM port of the Storage SCP (default 11112)"),
     ("--bind-address", str, "address the SCP listens on (default 127.0.0.1)"),
     ("--allowed-calling-aes", str, "comma-separated calling AE titles accepted (default: any)"),
-    ("--max-associations", int, "concurrent associations (default 8)"),
+    ("--max-associations", int, "concurrent associations (default 32)"),
     ("--max-study-instances", int, "instances accepted per study (default 10000)"),
     ("--max-study-mb", int, "MiB accepted per study (default 4096)"),
     ("--spool", Path, "spool folder: received instances, outputs, journal (default ./spool)"),
@@ -62,9 +62,20 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--tls-ca", Path, "PEM CA bundle to verify peers"),
     ("--tls-require-client-cert", None, "SCP: require a client certificate signed by --tls-ca"),
     ("--heartbeat-timeout", float, "a running job without a worker heartbeat this long is requeued (default 60)"),
-    ("--spool-min-free-mb", int, "/readyz fails below this much free spool space in MiB (default 1024)"),
     ("--max-job-runs", int, "a job started this often without an outcome fails (default 10)"),
     ("--retention-interval", float, "seconds between retention passes (default 10)"),
+    # node intake and security
+    ("--association-request-timeout", float, "seconds a new connection may take to send its A-ASSOCIATE-RQ "
+                                             "(TLS handshake included) before it is closed (default 5)"),
+    ("--max-associations-per-peer", int, "concurrent connections from one IP address (default 16)"),
+    ("--min-free-mb", int, "answer 0xA700 while the spool has less free space, in MiB (default 512)"),
+    ("--quarantine-mb", int, "MiB of refused instances kept in <spool>/quarantine (default 256)"),
+    ("--http-auth", None, "web pages need a token or basic auth; /healthz, /readyz stay open (default on)"),
+    ("--http-token", str, "bearer token (also the basic-auth password for any user); default: generated into "
+                          "<spool>/http-token"),
+    ("--http-user", str, "basic-auth user (with --http-password)"),
+    ("--http-password", str, "basic-auth password of --http-user (prefer SEGMAMBA_HTTP_PASSWORD)"),
+    ("--show-phi", None, "show patient ID, accession and previews on the web pages (default: masked, no previews)"),
 )
 
 
@@ -250,9 +261,13 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_STUDY_FAILED
     from app.node.service import serve
+    from operators.errors import ConfigurationError
 
     try:
         serve(settings)
+    except ConfigurationError as error:  # TLS files, web access: refuse to start, one line
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
     except OSError as error:  # port in use, spool not writable, ...
         print(f"ERROR node: {error}", file=sys.stderr)
         return 1

@@ -130,7 +130,7 @@ def test_readiness_names_what_fails(node: Node) -> None:
     parts = node.readiness()
     assert parts["journal"] and parts["spool_space"] and parts["worker_heartbeat"]
     assert parts["model"] is False, "not ready before the model is loaded"
-    node.settings = replace(node.settings, spool_min_free_mb=1 << 40)
+    node.settings = replace(node.settings, min_free_mb=1 << 40)
     assert node.readiness()["spool_space"] is False
     node.journal.close()
     assert node.readiness()["journal"] is False
@@ -167,7 +167,7 @@ def test_healthz_is_liveness_and_readyz_fails_without_a_model(tmp_path: Path) ->
     """A node whose model cannot load is alive (/healthz 200) but not ready (/readyz 503, model false)."""
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    node = NodeProcess(tmp_path / "node", None, spool_min_free_mb=0)
+    node = NodeProcess(tmp_path / "node", None, min_free_mb=0)
     node.model = broken
     node.start()
     try:

@@ -11,7 +11,7 @@ results are sent again.
 
 Health: ``/healthz`` (liveness) is ok while the SCP and every loop thread are alive;
 ``/readyz`` (readiness) also needs the model loaded in the worker process, a worker heartbeat within
-``heartbeat_timeout``, a writable journal and ``spool_min_free_mb`` free on the spool's disk.
+``heartbeat_timeout``, a writable journal and ``min_free_mb`` free on the spool's disk.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pydicom
 from app.config import Settings
 from app.node.executor import JobExecutor, Outcome
 from app.node.metrics import NodeMetrics
-from app.node.web import NodeWebServer
+from app.node.web import NodeWebServer, web_access
 from app.node.worker import Worker
 from operators.inbox import Inbox
 from operators.intake import CANNOT_UNDERSTAND, Intake, IntakeResult, Limits
@@ -38,7 +38,7 @@ from operators.journal import Journal
 from operators.result_sender import ResultSender
 from operators.retention import clean_spool, remove_temporaries
 from operators.spool import Spool
-from operators.storage_scp import ScpConfig, StorageSCP, server_ssl_context
+from operators.storage_scp import ScpConfig, StorageSCP, scp_ssl_context
 from operators.storage_scu import Destination, client_ssl_context
 from operators.study_completion import CompletionChecker, CompletionPolicy
 
@@ -72,19 +72,19 @@ class _CountingIntake(Intake):
         super().__init__(*args, **kwargs)
         self.metrics = metrics
 
-    def accept(self, data: bytes, calling_ae: str) -> IntakeResult:
+    def accept(self, data: bytes, calling_ae: str, *args: Any) -> IntakeResult:
         problem = unreadable_record_field(data)
         if problem is not None:
             log.warning("intake from %s refused: %s", calling_ae, problem)
             result = IntakeResult(CANNOT_UNDERSTAND, problem)
-            self.metrics.instances.labels("refused").inc()
+            self._count(result)
             return result
         try:
-            result = super().accept(data, calling_ae)
+            result = super().accept(data, calling_ae, *args)
         except Exception as error:  # e.g. RecursionError on deeply nested sequences: refuse this object only
             log.exception("intake from %s: unexpected failure reading an object", calling_ae)
             result = IntakeResult(CANNOT_UNDERSTAND, f"not a usable DICOM instance: {type(error).__name__}")
-        self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
+        self._count(result)
         if result.duplicate and result.study_uid:
             try:
                 self.journal.reopen_failed(result.study_uid, calling_ae,
@@ -92,6 +92,11 @@ class _CountingIntake(Intake):
             except Exception:  # the instance is safely stored; a reopen can be done by `requeue`
                 log.exception("study %s: could not reopen after a resend", result.study_uid)
         return result
+
+    def _count(self, result: IntakeResult) -> None:
+        self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
+        if not result.ok:
+            self.metrics.refusals.labels(f"0x{result.status:04X}").inc()
 
 
 class Node:
@@ -104,15 +109,14 @@ class Node:
         self.spool = Spool(settings.spool)
         self.journal = Journal(self.spool.journal_path)
         self.metrics = NodeMetrics(self.journal)
-        self.intake = _CountingIntake(self.spool, self.journal, Limits(settings.max_study_instances,
-                                                                       settings.max_study_mb << 20),
-                                      metrics=self.metrics)
-        tls = settings.tls_cert is not None and settings.tls_key is not None
+        self.intake = _CountingIntake(self.spool, self.journal, Limits(
+            settings.max_study_instances, settings.max_study_mb << 20, settings.min_free_mb << 20,
+            settings.quarantine_mb << 20), metrics=self.metrics)
         self.scp = StorageSCP(ScpConfig(
             settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
             settings.max_associations,
-            server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert)
-            if tls and settings.tls_cert and settings.tls_key else None,
+            scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert),
+            settings.association_request_timeout, settings.max_associations_per_peer,
         ), self.intake)
         self.inbox = Inbox(settings.inbox, self.intake) if settings.inbox else None
         self.completion = CompletionChecker(self.journal, CompletionPolicy(
@@ -127,7 +131,8 @@ class Node:
                                    settings.send_backoff_max, client_tls,
                                    on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc())
         self.web = NodeWebServer(self.journal, self.metrics.registry, self.health, settings.http_bind,
-                                 settings.http_port, f"SegMamba node {settings.ae_title}", ready=self.readiness)
+                                 settings.http_port, f"SegMamba node {settings.ae_title}", ready=self.readiness,
+                                 access=web_access(settings, self.spool.root))
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._cleaned_at = -float("inf")
@@ -154,7 +159,7 @@ class Node:
             log.warning("journal not writable: %s", error)
             journal_ok = False
         try:
-            free_ok = shutil.disk_usage(self.spool.root).free >= self.settings.spool_min_free_mb << 20
+            free_ok = shutil.disk_usage(self.spool.root).free >= self.settings.min_free_mb << 20
         except OSError:
             free_ok = False
         beat_age = time.monotonic() - self.worker.heartbeat
