@@ -41,7 +41,7 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--port", int, "DICOM port of the Storage SCP (default 11112)"),
     ("--bind-address", str, "address the SCP listens on (default 127.0.0.1)"),
     ("--allowed-calling-aes", str, "comma-separated calling AE titles accepted (default: any)"),
-    ("--max-associations", int, "concurrent associations (default 8)"),
+    ("--max-associations", int, "concurrent associations (default 32)"),
     ("--max-study-instances", int, "instances accepted per study (default 10000)"),
     ("--max-study-mb", int, "MiB accepted per study (default 4096)"),
     ("--spool", Path, "spool folder: received instances, outputs, journal (default ./spool)"),
@@ -61,6 +61,21 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--tls-key", Path, "PEM private key of --tls-cert"),
     ("--tls-ca", Path, "PEM CA bundle to verify peers"),
     ("--tls-require-client-cert", None, "SCP: require a client certificate signed by --tls-ca"),
+    ("--heartbeat-timeout", float, "a running job without a worker heartbeat this long is requeued (default 60)"),
+    ("--max-job-runs", int, "a job started this often without an outcome fails (default 10)"),
+    ("--retention-interval", float, "seconds between retention passes (default 10)"),
+    # node intake and security
+    ("--association-request-timeout", float, "seconds a new connection may take to send its A-ASSOCIATE-RQ "
+                                             "(TLS handshake included) before it is closed (default 5)"),
+    ("--max-associations-per-peer", int, "concurrent connections from one IP address (default 16)"),
+    ("--min-free-mb", int, "answer 0xA700 while the spool has less free space, in MiB (default 512)"),
+    ("--quarantine-mb", int, "MiB of refused instances kept in <spool>/quarantine (default 256)"),
+    ("--http-auth", None, "web pages need a token or basic auth; /healthz, /readyz stay open (default on)"),
+    ("--http-token", str, "bearer token (also the basic-auth password for any user); default: generated into "
+                          "<spool>/http-token"),
+    ("--http-user", str, "basic-auth user (with --http-password)"),
+    ("--http-password", str, "basic-auth password of --http-user (prefer SEGMAMBA_HTTP_PASSWORD)"),
+    ("--show-phi", None, "show patient ID, accession and previews on the web pages (default: masked, no previews)"),
 )
 
 
@@ -185,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = bool(argv) and argv[0] == "demo"
     if argv and argv[0] == "serve":
         return _serve(build_serve_parser().parse_args(argv[1:]))
+    if argv and argv[0] == "requeue":
+        return _requeue(build_requeue_parser().parse_args(argv[1:]))
     if argv and argv[0] == "evaluate":
         return _evaluate(build_evaluate_parser().parse_args(argv[1:]))
     args = (build_demo_parser() if demo else build_parser()).parse_args(argv[1:] if demo else argv)
@@ -244,10 +261,49 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_STUDY_FAILED
     from app.node.service import serve
+    from operators.errors import ConfigurationError
 
     try:
         serve(settings)
+    except ConfigurationError as error:  # TLS files, web access: refuse to start, one line
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
     except OSError as error:  # port in use, spool not writable, ...
         print(f"ERROR node: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def build_requeue_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app requeue",
+        description="Process a study of the node again (a failed one, or a done one: the new result supersedes the "
+                    "last). Works while the node runs; it uses the journal in the spool folder.",
+    )
+    parser.add_argument("study", nargs="+", help="StudyInstanceUID(s)")
+    parser.add_argument("--config", type=Path, help="settings file (default: $HOLOSCAN_CONFIG_PATH or app.yaml)")
+    parser.add_argument("--spool", type=Path, help="spool folder (default: the settings' spool)")
+    return parser
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    """``python -m app requeue STUDY...``: put the studies' jobs back in the queue; 2 if one is not found."""
+    from operators.journal import Journal
+
+    try:
+        settings = load_settings(args.config, overrides={"spool": args.spool})
+    except ConfigError as error:
+        print(f"ERROR configuration: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    journal_path = settings.spool / "journal.sqlite3"
+    if not journal_path.is_file():
+        print(f"ERROR no journal at {journal_path}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    journal = Journal(journal_path)
+    status = 0
+    for study in args.study:
+        answer = journal.requeue(study, "requeue command")
+        print(f"study {study}: {answer}")
+        status = status or (EXIT_STUDY_FAILED if answer == "unknown study" else 0)
+    journal.close()
+    return status

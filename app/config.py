@@ -26,13 +26,22 @@ HOLOSCAN_ENV = {
 ENV_PREFIX = "SEGMAMBA_"
 PATH_FIELDS = ("input", "output", "models", "workdir", "series_rules", "spool", "inbox", "tls_cert", "tls_key",
                "tls_ca")
-OPTIONAL_FIELDS = ("series_rules", "sw_batch_size", "mirror_tta", "inbox", "tls_cert", "tls_key", "tls_ca")
-BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert")
+OPTIONAL_FIELDS = ("series_rules", "sw_batch_size", "mirror_tta", "inbox", "tls_cert", "tls_key", "tls_ca",
+                   "http_token", "http_user", "http_password")
+BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert", "http_auth", "show_phi")
 # Node settings: (minimum) per number; ints and floats both must be >= their minimum.
 INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "max_associations": 1,
-              "max_study_instances": 1, "max_study_mb": 1}
+              "max_study_instances": 1, "max_study_mb": 1,
+              # node intake and security
+              "max_associations_per_peer": 1, "min_free_mb": 0, "quarantine_mb": 0}
 FLOAT_FIELDS = {"quiet_seconds": 0.0, "stable_seconds": 0.0, "forced_seconds": 0.0, "job_timeout": 1.0,
-                "send_backoff": 0.01, "send_backoff_max": 0.01, "retention_days": 0.0}
+                "send_backoff": 0.01, "send_backoff_max": 0.01, "retention_days": 0.0,
+                # node intake and security
+                "association_request_timeout": 0.1}
+# --- node core safety (health, heartbeats, retention): minimums of its settings ---
+INT_FIELDS.update({"max_job_runs": 1})
+FLOAT_FIELDS.update({"heartbeat_timeout": 1.0, "retention_interval": 0.1})
+# --- end node core safety ---
 ROLES = ("t1n", "t1c", "t2w", "t2f")
 DESTINATION_KEYS = ("name", "ae_title", "host", "port", "tls")
 
@@ -61,7 +70,7 @@ class Settings:
     port: int = 11112
     bind_address: str = "127.0.0.1"
     allowed_calling_aes: tuple[str, ...] = ()
-    max_associations: int = 8
+    max_associations: int = 32
     max_study_instances: int = 10000
     max_study_mb: int = 4096
     spool: Path = Path("spool")
@@ -81,6 +90,21 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_require_client_cert: bool = False
+    # --- node core safety (health, heartbeats, retention); see app.yaml ---
+    heartbeat_timeout: float = 60.0
+    max_job_runs: int = 10
+    retention_interval: float = 10.0
+    # --- end node core safety ---
+    # --- node intake and security (issue 13, part 2): starvation, web access, PHI, quarantine ---
+    association_request_timeout: float = 5.0
+    max_associations_per_peer: int = 16
+    min_free_mb: int = 512
+    quarantine_mb: int = 256
+    http_auth: bool = True
+    http_token: str | None = None
+    http_user: str | None = None
+    http_password: str | None = None
+    show_phi: bool = False
 
 
 def _convert(name: str, value: Any, base: Path) -> Any:

@@ -2,8 +2,10 @@
 
 watchdog reports new and changed files; a file is taken once it has not changed for ``settle``
 seconds (writers should still write under a hidden name and rename). Accepted files (and
-duplicates) are deleted from the inbox; refused files move to ``.rejected/`` beside a
-``<name>.reason.txt`` saying why. Files already present at start are taken too.
+duplicates) are deleted from the inbox; refused files are deleted too, once the intake has kept
+them in the spool's bounded quarantine with their reason (``<spool>/quarantine/*.json``, which
+names the inbox file). Files the node could not store for lack of disk stay and are retried.
+Files already present at start are taken too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ class Inbox:
 
     def __init__(self, folder: Path, intake: Intake, settle: float = 1.0) -> None:
         self.folder = Path(folder)
-        self.rejected = self.folder / ".rejected"
         self.intake = intake
         self.settle = settle
         self._pending: dict[Path, float] = {}
@@ -49,7 +50,6 @@ class Inbox:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.rejected.mkdir(exist_ok=True)
         self._observer = Observer()
         self._observer.schedule(_Events(self), str(self.folder), recursive=True)
         self._observer.start()
@@ -68,7 +68,7 @@ class Inbox:
             self._thread.join(timeout=5)
 
     def notice(self, path: Path) -> None:
-        """Remember a (possibly still growing) file; hidden names and the rejected folder are skipped."""
+        """Remember a (possibly still growing) file; hidden names are skipped."""
         relative = path.relative_to(self.folder) if path.is_relative_to(self.folder) else None
         if relative is None or any(part.startswith(".") for part in relative.parts):
             return
@@ -104,7 +104,6 @@ class Inbox:
             with self._lock:
                 self._pending[path] = time.monotonic() + 10 * self.settle
             return
-        target = self.rejected / path.name
-        path.replace(target)
-        (self.rejected / f"{path.name}.reason.txt").write_text(result.reason + "\n")
-        log.warning("inbox: %s rejected: %s", path.name, result.reason)
+        path.unlink(missing_ok=True)
+        kept = result.quarantined.name if result.quarantined else "nothing"
+        log.warning("inbox: %s refused (quarantine: %s): %s", path.name, kept, result.comment)

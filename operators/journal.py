@@ -1,12 +1,17 @@
 """The journal: one SQLite database (WAL) holding every state the node must not forget.
 
 Tables: ``instances`` (one row per received SOP Instance UID), ``studies`` (receiving -> queued),
-``jobs`` (ready -> processing -> done | failed; one job per study), ``outbox`` (one row per result
-file and destination: pending -> sent) and ``audit`` (who sent what, where results went).
+``jobs`` (ready -> processing -> done | failed, reopened -> ready; one job per study), ``outbox``
+(one row per result file and destination: pending -> sent | superseded), ``audit`` (who sent what,
+where results went) and ``node_state`` (the writability probe).
 
 Every state change is one transaction, so after a crash the journal shows a consistent state;
-``recover()`` puts jobs that were running back to ready. Methods are safe to call from several
-threads (one connection, one lock).
+``recover()`` puts jobs that were running back to ready. A job's ``attempts`` count only failures
+the job caused (bad luck of the node - a restart, a lost heartbeat, a worker that could not start -
+uses ``release_job`` and costs nothing); ``runs`` counts every claim and doubles as the claim token:
+a worker's updates apply only while the job is still its own run. ``revision`` numbers results:
+instances arriving after a result make the study receive again and the next result supersedes it.
+Methods are safe to call from several threads (one connection, one lock).
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, event TEXT NOT NULL, study_uid TEXT,
     job_id INTEGER, actor TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS node_state (key TEXT PRIMARY KEY, value TEXT);
 """
+# Job columns added after the first release (journals written by it gain them on open).
+JOB_COLUMNS = {"runs": "INTEGER NOT NULL DEFAULT 0", "heartbeat_at": "REAL", "revision": "INTEGER NOT NULL DEFAULT 0",
+               "stale": "INTEGER NOT NULL DEFAULT 0", "seg_series_uid": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in JOB_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -136,19 +149,70 @@ class Journal:
         return True
 
     def _late_instance(self, db: sqlite3.Connection, record: InstanceRecord) -> None:
-        """An instance for a study that already has a job. A failed job is reopened (the missing part of
-        the study may just have arrived, e.g. a sender resuming after an outage): the study receives
-        again and will be queued anew. Otherwise the instance is kept and audited, not reprocessed,
-        so a study is never segmented (and sent) twice."""
+        """An instance for a study that already has a job.
+
+        - failed job: reopened (the missing part of the study may just have arrived, e.g. a sender
+          resuming after an outage); the study receives again and is queued anew;
+        - done job (a result was made, perhaps sent): reopened as the next revision; the new result
+          supersedes the old one (same SEG series, next instance; see app/node/worker.py);
+        - processing job: marked stale; when it finishes, its result goes out and the study is
+          reopened as the next revision at once;
+        - ready job: nothing to do, the job reads the spool when it runs (audited).
+        """
         job = db.execute("SELECT id, state FROM jobs WHERE study_uid = ?", (record.study_uid,)).fetchone()
-        if job is not None and job["state"] == "failed":
-            db.execute("UPDATE studies SET state = 'receiving' WHERE study_uid = ?", (record.study_uid,))
-            db.execute("UPDATE jobs SET state = 'reopened' WHERE id = ?", (job["id"],))
-            self._audit(db, "study-reopened", record.study_uid, job["id"], record.calling_ae,
-                        f"{record.sop_uid} arrived after the job failed; the study will be processed again")
-            return
-        self._audit(db, "late-instance", record.study_uid, None, record.calling_ae,
-                    f"{record.sop_uid} arrived after the study was queued; kept, not reprocessed")
+        state = job["state"] if job is not None else None
+        if state == "failed":
+            self._reopen(db, record.study_uid, job["id"], record.calling_ae,
+                         f"{record.sop_uid} arrived after the job failed; the study will be processed again")
+        elif state == "done":
+            self._reopen(db, record.study_uid, job["id"], record.calling_ae,
+                         f"{record.sop_uid} arrived after the result; the study will be processed again and the new "
+                         "result supersedes the old one", supersede=True)
+        elif state == "processing":
+            db.execute("UPDATE jobs SET stale = 1 WHERE id = ?", (job["id"],))
+            self._audit(db, "late-instance", record.study_uid, job["id"], record.calling_ae,
+                        f"{record.sop_uid} arrived while the job ran; a superseding result follows")
+        else:
+            self._audit(db, "late-instance", record.study_uid, None, record.calling_ae,
+                        f"{record.sop_uid} arrived after the study was queued; the queued job includes it")
+
+    def _reopen(self, db: sqlite3.Connection, study_uid: str, job_id: int, actor: str, detail: str,
+                supersede: bool = False) -> None:
+        """The study receives again; its job waits ('reopened') to be queued anew by the completion rules."""
+        db.execute("UPDATE studies SET state = 'receiving', last_at = ? WHERE study_uid = ?", (self.clock(), study_uid))
+        db.execute("UPDATE jobs SET state = 'reopened', stale = 0, revision = revision + ? WHERE id = ?",
+                   (1 if supersede else 0, job_id))
+        self._audit(db, "study-reopened", study_uid, job_id, actor, detail)
+
+    def reopen_failed(self, study_uid: str, actor: str, detail: str) -> bool:
+        """Reopen the study of a failed job (e.g. a modality resending it); False when its job has not failed."""
+        if not self.query("SELECT 1 FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)):
+            return False  # the common case (a resend of a done study) costs no write
+        with self.transaction() as db:
+            job = db.execute("SELECT id FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)).fetchone()
+            if job is None:
+                return False
+            self._reopen(db, study_uid, job["id"], actor, detail)
+        return True
+
+    def requeue(self, study_uid: str, actor: str) -> str:
+        """Process a study again now (operator's command): its failed or done job becomes ready with
+        no attempts used; a done job's next result supersedes the last one. Returns what was done."""
+        with self.transaction() as db:
+            job = db.execute("SELECT id, state FROM jobs WHERE study_uid = ?", (study_uid,)).fetchone()
+            if job is None:
+                known = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+                return "unknown study" if known is None else "still receiving; it is queued when complete"
+            if job["state"] in ("ready", "processing", "reopened"):
+                return f"job {job['id']} is already {job['state']}"
+            db.execute("UPDATE studies SET state = 'queued' WHERE study_uid = ?", (study_uid,))
+            db.execute(
+                "UPDATE jobs SET state = 'ready', attempts = 0, reason = NULL, not_before = 0, stale = 0,"
+                " revision = revision + ?, trigger = 'requeued' WHERE id = ?",
+                (1 if job["state"] == "done" else 0, job["id"]),
+            )
+            self._audit(db, "job-requeued", study_uid, job["id"], actor, f"{job['state']} job queued again")
+        return f"job {job['id']} ({job['state']}) queued again"
 
     def receiving_studies(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM studies WHERE state = 'receiving' ORDER BY first_at")
@@ -160,34 +224,46 @@ class Journal:
 
     def queue_study(self, study_uid: str, trigger: str) -> int | None:
         """Close a receiving study and create its job (ready); None when it was not receiving."""
-        now = self.clock()
         with self.transaction() as db:
-            changed = db.execute(
-                "UPDATE studies SET state = 'queued', trigger = ? WHERE study_uid = ? AND state = 'receiving'",
-                (trigger, study_uid),
-            ).rowcount
-            if not changed:
-                return None
-            reopened = db.execute(
-                "SELECT id FROM jobs WHERE study_uid = ? AND state = 'reopened'", (study_uid,)
-            ).fetchone()
-            if reopened is not None:
-                job_id = reopened["id"]
-                db.execute(
-                    "UPDATE jobs SET state = 'ready', attempts = 0, reason = NULL, trigger = ?, created_at = ?,"
-                    " not_before = 0, started_at = NULL, finished_at = NULL WHERE id = ?",
-                    (trigger, now, job_id),
-                )
-            else:
-                job_id = db.execute(
-                    "INSERT INTO jobs (study_uid, state, trigger, created_at) VALUES (?, 'ready', ?, ?)",
-                    (study_uid, trigger, now),
-                ).lastrowid
+            return self._close_study(db, study_uid, trigger, "ready", None)
+
+    def fail_study(self, study_uid: str, trigger: str, reason: str) -> int | None:
+        """Close a receiving study whose input cannot be judged or processed: its job is failed at once
+        with ``reason`` (a resend or ``requeue`` reopens it); None when it was not receiving."""
+        with self.transaction() as db:
+            return self._close_study(db, study_uid, trigger, "failed", reason)
+
+    def _close_study(self, db: sqlite3.Connection, study_uid: str, trigger: str, state: str,
+                     reason: str | None) -> int | None:
+        now = self.clock()
+        changed = db.execute(
+            "UPDATE studies SET state = 'queued', trigger = ? WHERE study_uid = ? AND state = 'receiving'",
+            (trigger, study_uid),
+        ).rowcount
+        if not changed:
+            return None
+        finished = now if state == "failed" else None
+        reopened = db.execute("SELECT id FROM jobs WHERE study_uid = ?", (study_uid,)).fetchone()
+        if reopened is not None:
+            job_id = reopened["id"]
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = 0, reason = ?, trigger = ?, created_at = ?, not_before = 0,"
+                " started_at = NULL, finished_at = ?, stale = 0 WHERE id = ?",
+                (state, reason, trigger, now, finished, job_id),
+            )
+        else:
+            job_id = db.execute(
+                "INSERT INTO jobs (study_uid, state, reason, trigger, created_at, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (study_uid, state, reason, trigger, now, finished),
+            ).lastrowid
+        if state == "failed":
+            self._audit(db, "job-failed", study_uid, job_id, "node", str(reason))
+        else:
             self._audit(db, "job-queued", study_uid, job_id, "node", trigger)
         return int(job_id or 0)
 
     def claim_job(self) -> sqlite3.Row | None:
-        """Atomically take the oldest ready job that is due: it becomes 'processing', attempts + 1."""
+        """Atomically take the oldest ready job that is due: it becomes 'processing', runs + 1 (its token)."""
         now = self.clock()
         with self.transaction() as db:
             row = db.execute(
@@ -196,8 +272,8 @@ class Journal:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = 'processing', attempts = attempts + 1, started_at = ? WHERE id = ?",
-                (now, row["id"]),
+                "UPDATE jobs SET state = 'processing', runs = runs + 1, started_at = ?, heartbeat_at = ? WHERE id = ?",
+                (now, now, row["id"]),
             )
             return db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
 
@@ -205,50 +281,111 @@ class Journal:
         rows = self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
+    @staticmethod
+    def _owned(db: sqlite3.Connection, job_id: int, run: int | None) -> sqlite3.Row | None:
+        """The job row if it is still processing under claim ``run`` (None: any run)."""
+        row = db.execute("SELECT * FROM jobs WHERE id = ? AND state = 'processing'", (job_id,)).fetchone()
+        if row is None or (run is not None and int(row["runs"]) != int(run)):
+            return None
+        return row
+
+    def beat(self, job_id: int, run: int) -> bool:
+        """The worker's heartbeat for a running job; False when the job is no longer its own."""
+        with self.transaction() as db:
+            return bool(db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = 'processing'"
+                                   " AND runs = ?", (self.clock(), job_id, run)).rowcount)
+
     def finish_job(
         self, job_id: int, outputs: Mapping[str, str], stage_times: Mapping[str, float],
-        sends: Iterable[tuple[str, str, str]],
-    ) -> None:
-        """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid)."""
+        sends: Iterable[tuple[str, str, str]], run: int | None = None, seg_series_uid: str | None = None,
+    ) -> bool:
+        """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid).
+
+        Pending sends of an earlier revision are superseded (never sent). When instances arrived
+        while the job ran (stale), the study is reopened as the next revision. False (nothing
+        changed) when the job is no longer this run's."""
         now = self.clock()
+        sends = list(sends)
         with self.transaction() as db:
+            job = self._owned(db, job_id, run)
+            if job is None:
+                return False
             db.execute(
-                "UPDATE jobs SET state = 'done', finished_at = ?, reason = NULL, outputs = ?, stage_times = ?"
-                " WHERE id = ?", (now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), job_id),
+                "UPDATE jobs SET state = 'done', finished_at = ?, reason = NULL, outputs = ?, stage_times = ?,"
+                " seg_series_uid = COALESCE(seg_series_uid, ?) WHERE id = ?",
+                (now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), seg_series_uid, job_id),
             )
+            new_uids = {sop_uid for _, _, sop_uid in sends}
+            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state = 'pending'",
+                                  (job_id,)).fetchall():
+                if old["sop_uid"] not in new_uids:
+                    db.execute("UPDATE outbox SET state = 'superseded' WHERE id = ?", (old["id"],))
             for destination, path, sop_uid in sends:
                 db.execute(
                     "INSERT OR IGNORE INTO outbox (job_id, destination, path, sop_uid) VALUES (?, ?, ?, ?)",
                     (job_id, destination, path, sop_uid),
                 )
-            study = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            self._audit(db, "job-done", study["study_uid"], job_id, "node", json.dumps(dict(outputs)))
+            self._audit(db, "job-done", job["study_uid"], job_id, "node", json.dumps(dict(outputs)))
+            if job["stale"]:
+                self._reopen(db, job["study_uid"], job_id, "node", "instances arrived while the job ran; the study "
+                             "will be processed again and the new result supersedes this one", supersede=True)
+        return True
 
-    def retry_job(self, job_id: int, reason: str, delay: float, settings: Mapping[str, Any] | None = None) -> None:
-        """Put a job back to ready after a transient failure, not before ``delay`` seconds."""
+    def retry_job(self, job_id: int, reason: str, delay: float, settings: Mapping[str, Any] | None = None,
+                  run: int | None = None, counted: bool = True) -> bool:
+        """Put a job back to ready after a transient failure, not before ``delay`` seconds; ``counted``:
+        the failure was the job's (attempts + 1). False when the job is no longer this run's."""
         with self.transaction() as db:
+            job = self._owned(db, job_id, run)
+            if job is None:
+                return False
             db.execute(
-                "UPDATE jobs SET state = 'ready', reason = ?, not_before = ?, settings = ? WHERE id = ?",
-                (reason, self.clock() + delay, json.dumps(dict(settings)) if settings else None, job_id),
+                "UPDATE jobs SET state = 'ready', reason = ?, not_before = ?, settings = ?, attempts = attempts + ?"
+                " WHERE id = ?", (reason, self.clock() + delay, json.dumps(dict(settings)) if settings else None,
+                                  1 if counted else 0, job_id),
             )
-            study = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            self._audit(db, "job-retry", study["study_uid"], job_id, "node", reason)
+            self._audit(db, "job-retry" if counted else "job-released", job["study_uid"], job_id, "node", reason)
+        return True
 
-    def fail_job(self, job_id: int, reason: str) -> None:
+    def release_job(self, job_id: int, reason: str, delay: float, run: int | None = None) -> bool:
+        """Back to ready after a failure that was not the job's (no attempt used)."""
+        return self.retry_job(job_id, reason, delay, None, run, counted=False)
+
+    def fail_job(self, job_id: int, reason: str, run: int | None = None) -> bool:
         """A permanent failure: the job stays with its reason, its input stays in the spool."""
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ?",
-                       (reason, self.clock(), job_id))
-            study = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            self._audit(db, "job-failed", study["study_uid"], job_id, "node", reason)
+            job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None or (run is not None and self._owned(db, job_id, run) is None):
+                return False
+            db.execute("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, attempts = attempts + 1"
+                       " WHERE id = ?", (reason, self.clock(), job_id))
+            self._audit(db, "job-failed", job["study_uid"], job_id, "node", reason)
+        return True
+
+    def reap_stale(self, timeout: float) -> list[int]:
+        """Jobs 'processing' without a heartbeat for ``timeout`` seconds (their worker died, or could not
+        write) go back to ready, no attempt used. Returns their ids."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT id, study_uid FROM jobs WHERE state = 'processing' AND"
+                              " COALESCE(heartbeat_at, started_at, 0) < ?", (self.clock() - timeout,)).fetchall()
+            for row in rows:
+                db.execute("UPDATE jobs SET state = 'ready', not_before = 0 WHERE id = ?", (row["id"],))
+                self._audit(db, "job-released", row["study_uid"], row["id"], "node",
+                            f"no worker heartbeat for {timeout:.0f} s; back to the queue")
+        return [int(row["id"]) for row in rows]
 
     def recover(self) -> int:
-        """At startup: jobs left 'processing' by a crash go back to ready. Returns how many."""
+        """At startup: jobs left 'processing' by a crash go back to ready (no attempt used). Returns how many."""
         with self.transaction() as db:
             count = db.execute("UPDATE jobs SET state = 'ready', not_before = 0 WHERE state = 'processing'").rowcount
             if count:
                 self._audit(db, "recovered", None, None, "node", f"{count} interrupted job(s) back to ready")
         return int(count)
+
+    def probe(self) -> None:
+        """Write one row (raises sqlite3.Error when the journal cannot be written, e.g. disk full)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO node_state (key, value) VALUES ('probe', ?)", (str(self.clock()),))
 
     # --- outbox ---------------------------------------------------------------------------------
 
@@ -305,3 +442,14 @@ class Journal:
         return self.query(
             "SELECT * FROM jobs j WHERE j.finished_at < ? AND (j.state = 'failed' OR (j.state = 'done' AND NOT EXISTS"
             " (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending')))", (cutoff,))
+
+    def forget_study(self, study_uid: str, job_id: int) -> None:
+        """Prune the rows of a study whose files retention removed (instances, job, outbox, audit with
+        its PHI); one audit line without PHI remains. A later resend of the study is a new study."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM audit WHERE study_uid = ?", (study_uid,))
+            self._audit(db, "study-purged", study_uid, job_id, "node", "retention: files and journal rows removed")

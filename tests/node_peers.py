@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,9 +43,10 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
-def http_json(url: str) -> Any:
+def http_json(url: str, token: str = "") -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
@@ -146,6 +148,7 @@ class NodeProcess:
         self.settings = {"quiet_seconds": 1.5, "stable_seconds": 4, "forced_seconds": 600, "job_timeout": 120,
                          "job_retries": 5, "send_backoff": 0.5, "send_backoff_max": 2, **settings}
         self.destinations = [f"PACS={orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"] if orthanc else []
+        self.token = secrets.token_urlsafe(16)  # web access (SEGMAMBA_HTTP_TOKEN, not on the command line)
 
     @property
     def url(self) -> str:
@@ -157,13 +160,14 @@ class NodeProcess:
         for destination in self.destinations:
             args += ["--destinations", destination]
         for key, value in self.settings.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            args += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
         return args
 
     def start(self, wait: bool = True) -> NodeProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "node.log", "ab")  # noqa: SIM115 - owned by the process
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", SEGMAMBA_HTTP_TOKEN=self.token)
         self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=log, stderr=log, env=env,
                                         start_new_session=True)
         if wait:
@@ -201,8 +205,18 @@ class NodeProcess:
         path = self.folder / "node.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def ready(self) -> dict[str, Any] | None:
+        """/readyz as JSON (also when it answers 503), None when the node does not answer."""
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=5) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            return dict(json.loads(error.read()))
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
     def jobs(self) -> list[dict[str, Any]]:
-        return http_json(self.url + "/api/jobs") or []
+        return http_json(self.url + "/api/jobs", self.token) or []
 
     def journal_rows(self, sql: str) -> list[tuple[Any, ...]]:
         """Read the journal directly (a second reader is fine with WAL)."""

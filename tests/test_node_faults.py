@@ -3,7 +3,9 @@ while results are due; after restarts every accepted study ends as exactly one S
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -53,8 +55,9 @@ def test_kill_during_intake_processing_and_sending_with_pacs_down(source: Path, 
         time.sleep(2)  # a duplicate send would arrive now
         assert seg_counts(orthanc) == Counter({study: 1})
         assert node.journal_rows(f"SELECT COUNT(*) FROM instances WHERE study_uid = '{study}'") == [(instances,)]
-        [(state, attempts)] = node.journal_rows("SELECT state, attempts FROM jobs")
-        assert state == "done" and attempts == 2, "processing restarted once after the kill"
+        [(state, attempts, runs)] = node.journal_rows("SELECT state, attempts, runs FROM jobs")
+        assert (state, runs) == ("done", 2), "processing restarted once after the kill"
+        assert attempts == 0, "a restart of the node uses none of the job's attempts"
         wait_for(lambda: node.journal_rows("SELECT state FROM outbox") == [("sent",)], 10, "the acknowledgement")
         events = [row[0] for row in node.journal_rows("SELECT event FROM audit ORDER BY id")]
         assert events.count("recovered") == 1 and events.count("result-sent") == 1
@@ -93,3 +96,69 @@ def test_random_kills_lose_nothing_and_duplicate_nothing(source: Path, tmp_path:
         node.kill()
         orthanc.stop()
 
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_worker_dies_with_the_node_and_temporaries_go_at_start(tmp_path: Path) -> None:
+    """SIGKILL of the node process alone (not its group) takes the worker child with it; a restart
+    removes temporary files that interrupted receives left in the spool."""
+    node = NodeProcess(tmp_path / "node", None).start()
+    try:
+        wait_for(lambda: (node.ready() or {}).get("model"), 120, "the worker's model")
+        assert node.process is not None
+        workers = [c for c in _children(node.process.pid) if "python" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert workers, "the worker child runs"
+        os.kill(node.process.pid, signal.SIGKILL)
+        node.process.wait(timeout=10)
+        wait_for(lambda: not any(_running(w) for w in workers), 10, "the worker to die with its parent")
+        node.process = None
+        leftover = node.folder / "spool" / "studies" / "1.2.3" / ".4.5.dcm.0123abcd.tmp"
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half a C-STORE")
+        node.start()
+        assert not leftover.exists(), "temporary file of an interrupted receive removed at start"
+    finally:
+        node.kill()
+
+
+def test_retention_prunes_journal_rows_of_purged_studies(tmp_path: Path) -> None:
+    from operators.journal import InstanceRecord, Journal
+    from operators.retention import clean_spool, remove_temporaries
+    from operators.spool import Spool
+
+    now = [1000.0]
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path, clock=lambda: now[0])
+    for number in (1, 2):
+        study = f"1.2.{number}"
+        path = spool.store_instance(study, f"1.1.{number}", b"x")
+        journal.record_instance(InstanceRecord(f"1.1.{number}", study, "1.3", "1.2.840.10008.5.1.4.1.1.4", "MR", path,
+                                               1, "MOD", patient_id=f"PAT{number}"))
+        job_id = journal.queue_study(study, "quiet")
+        run = journal.claim_job()["runs"]
+        journal.finish_job(job_id, {"segmentation": "s"}, {}, [], run)
+        now[0] += 3600  # study 1 finished an hour before study 2
+    now[0] -= 3600 - 60
+    (spool.study_dir("1.2.2") / ".x.dcm.abc.tmp").write_bytes(b"partial")
+    assert clean_spool(journal, spool, max_age_seconds=1800) == 1
+    assert not spool.study_dir("1.2.1").exists() and spool.study_dir("1.2.2").exists()
+    for table in ("instances", "studies", "jobs"):
+        assert [r[0] for r in journal.query(f"SELECT study_uid FROM {table}")] == ["1.2.2"], table
+    audit = journal.query("SELECT event, detail FROM audit WHERE study_uid = '1.2.1'")
+    assert [r["event"] for r in audit] == ["study-purged"] and "PAT1" not in audit[0]["detail"]
+    assert remove_temporaries(spool) == 1 and [p.name for p in spool.study_dir("1.2.2").iterdir()] == ["1.1.2.dcm"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,7 +44,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("node")
     orthanc = Orthanc(root / "orthanc").start()
     node = NodeProcess(root / "node", orthanc, allowed_calling_aes="MODALITY,SENDER0,SENDER1,SENDER2,SENDER3",
-                       inbox=root / "inbox")
+                       inbox=root / "inbox", show_phi=True)
     node.start()
     yield node, orthanc
     node.stop()
@@ -163,14 +164,18 @@ def test_bad_input_fails_clearly_and_the_node_stays_up(peers: Any, base: Any, tm
     assert "t2f" in jobs[missing_uid]["reason"]
     assert jobs[good_uid]["state"] == "done"
     wait_for(lambda: segs_by_study(orthanc)[good_uid] == 1, 30, "the good study's SEG")
-    rejected = inbox / ".rejected"
-    assert "truncated" in (rejected / "truncated.dcm.reason.txt").read_text()
-    assert "not a usable DICOM instance" in (rejected / "garbage.dcm.reason.txt").read_text()
+    quarantined = {record["source"]: record for record in (
+        json.loads(path.read_text()) for path in (node.folder / "spool" / "quarantine").glob("*.json"))}
+    assert "PixelData truncated" in quarantined["inbox:truncated.dcm"]["reason"]
+    assert quarantined["inbox:garbage.dcm"]["status"] == "0xC000"
+    assert not (inbox / "truncated.dcm").exists() and not (inbox / "garbage.dcm").exists()
     assert node.alive()
-    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as response:
+    request = urllib.request.Request(node.url + "/metrics", headers={"Authorization": f"Bearer {node.token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         metrics = response.read().decode()
     assert 'segmamba_job_failures_total{reason="SeriesSelectionError"}' in metrics
     assert 'segmamba_instances_received_total{result="refused"}' in metrics
+    assert 'segmamba_instances_refused_total{status="0xC000"}' in metrics, "refusals by status"
     assert "segmamba_queue_depth" in metrics and 'segmamba_job_stage_seconds_count{stage="infer"}' in metrics
 
 
@@ -179,12 +184,13 @@ def test_status_page_in_headless_chromium(peers: Any) -> None:
     wait_for(lambda: any(j["state"] == "done" for j in node.jobs()), 90, "a finished job")
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     assert binary, "chromium is not installed; run tools/setup --dev"
+    page = node.url.replace("http://", f"http://operator:{node.token}@") + "/"  # basic auth, token as password
     result = subprocess.run(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
-         node.url + "/"], capture_output=True, text=True, timeout=90,
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", page],
+        capture_output=True, text=True, timeout=90,
     )
     dom = result.stdout
     assert 'id="jobs"' in dom and dom.count('class="job state-') >= 1, result.stderr[-2000:]
     assert "state-done" in dom and "state-failed" in dom
     loaded = [int(width) for width in re.findall(r'data-loaded="(\d+)"', dom)]
-    assert loaded and min(loaded) > 0, "the preview images rendered"
+    assert loaded and min(loaded) > 0, "the preview images rendered (under the page's Content-Security-Policy)"

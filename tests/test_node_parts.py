@@ -17,7 +17,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from app.node.executor import OOM, PERMANENT, TRANSIENT, after_out_of_memory, classify
 from operators.errors import StudyError
-from operators.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake, Limits
+from operators.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_LIMIT, Intake, Limits
 from operators.journal import InstanceRecord, Journal
 from operators.result_sender import backoff
 from operators.retention import clean_spool
@@ -94,13 +94,14 @@ def test_journal_states_and_outbox(tmp_path: Path) -> None:
     assert [r["event"] for r in journal.query("SELECT event FROM audit")][-1] == "late-instance"
 
     claimed = journal.claim_job()
-    assert claimed["id"] == job_id and claimed["attempts"] == 1 and journal.claim_job() is None
+    assert claimed["id"] == job_id and claimed["runs"] == 1 and journal.claim_job() is None
     assert journal.recover() == 1 and journal.job(job_id)["state"] == "ready"
     journal.claim_job()
     journal.retry_job(job_id, "RuntimeError: boom", delay=30)
     assert journal.claim_job() is None, "not before its retry delay"
     clock.now += 31
-    assert journal.claim_job()["attempts"] == 3
+    again = journal.claim_job()
+    assert (again["runs"], again["attempts"]) == (3, 1), "the restart used no attempt, the failure one"
     journal.finish_job(job_id, {"segmentation": "/s.dcm"}, {"infer": 1.0}, [("PACS", "/s.dcm", "9.9"), ("B", "/s.dcm",
                                                                                                           "9.9")])
     sends = journal.due_sends()
@@ -251,7 +252,7 @@ def test_scp_survives_garbage_and_enforces_the_study_limit(scp: StorageSCP, smal
 
     scp.intake.limits = Limits(max_instances=2, max_bytes=1 << 30)
     datasets = [pydicom.dcmread(p) for p in sorted(small_study.iterdir())[:3]]
-    assert _send(scp, datasets) == [0, 0, OUT_OF_RESOURCES]
+    assert _send(scp, datasets) == [0, 0, STUDY_LIMIT], "a study over its limit: an error, not out of resources"
 
 
 def test_truncated_and_malformed_files_are_refused(scp: StorageSCP, small_study: Path) -> None:

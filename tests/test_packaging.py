@@ -547,8 +547,8 @@ def test_kubernetes_serve_mode_has_gpu_spool_probes_and_dicom_service() -> None:
     assert env["SEGMAMBA_BIND_ADDRESS"] == env["SEGMAMBA_HTTP_BIND"] == "0.0.0.0"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["resources"]["limits"]["memory"] == APP_YAML["resources"]["memory"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     claims = {c["metadata"]["name"]: c for c in spec["volumeClaimTemplates"]}
     assert mounts["spool"] == env["SEGMAMBA_SPOOL"]  # the journal lives in the spool

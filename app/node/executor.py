@@ -5,14 +5,24 @@ node, so the operator chain runs in one spawned child process: it loads the mode
 segments one study per request. If a job exceeds its timeout, or the child dies, the child is
 killed and a fresh one (which loads the model again) serves the next job. The parent process
 (DICOM, journal, web) never imports torch or monai.
+
+The child dies with its parent, SIGKILL of the node included: on Linux the kernel sends it SIGKILL
+when the parent goes (``PR_SET_PDEATHSIG``), and on every system a watch thread ends it once its
+parent process is gone, so it never writes into a spool a restarted node reuses.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -22,6 +32,11 @@ from app.config import Settings
 
 log = logging.getLogger(__name__)
 PERMANENT, TRANSIENT, OOM, TIMEOUT, CRASHED = "permanent", "transient", "oom", "timeout", "crashed"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class WorkerUnavailable(RuntimeError):
+    """The worker process could not be started or did not load the model (not the job's fault)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +62,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def classify(error: BaseException) -> str:
-    """PERMANENT for bad input (StudyError), OOM, else TRANSIENT (misconfiguration or a bug: a retry may help)."""
+    """PERMANENT for bad input (StudyError: the same input fails again), OOM, else TRANSIENT
+    (ConfigurationError: fixed by the installer; any other exception is a bug: a retry may help)."""
     from operators.errors import StudyError
 
     if is_out_of_memory(error):
@@ -67,8 +83,28 @@ def after_out_of_memory(sw_batch_size: int | None, device: str) -> dict[str, Any
     return {"sw_batch_size": 1, "device": "cpu"}
 
 
-def _child_main(connection: Connection, settings: Settings) -> None:
+def die_with_parent(parent_pid: int, every: float = 0.5) -> None:
+    """End this process when ``parent_pid`` is gone (PR_SET_PDEATHSIG on Linux, plus a watch thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            log.warning("PR_SET_PDEATHSIG unavailable; relying on the parent watch thread")
+    if os.getppid() != parent_pid:  # the parent died before the call above
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child_main(connection: Connection, settings: Settings, parent_pid: int | None = None) -> None:
     """The child: load the model once, then answer (input, output, overrides) requests until closed."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     from app.batch import load_model, process_study
     from app.cli import _configure_logging
 
@@ -105,26 +141,39 @@ class JobExecutor:
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._connection: Connection | None = None
+        self.model_loaded = False  # a child is up with its model loaded
 
-    def start(self) -> None:
-        """Start the child and wait until its model is loaded."""
+    def start(self, on_wait: Callable[[], None] | None = None) -> None:
+        """Start the child and wait until its model is loaded (``on_wait`` called about once a second)."""
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_child_main, args=(child, self.settings), name="segmamba-worker",
-                                              daemon=True)
+        self.model_loaded = False
+        self._process = self._context.Process(target=_child_main, args=(child, self.settings, os.getpid()),
+                                              name="segmamba-worker", daemon=True)
         self._process.start()
         child.close()
         self._connection = parent
-        if not parent.poll(self.start_timeout):
-            self.stop()
-            raise RuntimeError(f"the worker process did not load the model within {self.start_timeout:.0f} s")
+        deadline = time.monotonic() + self.start_timeout
+        while not parent.poll(1.0):
+            if on_wait is not None:
+                on_wait()
+            if not self._process.is_alive():
+                code = self._process.exitcode
+                self.stop()
+                raise WorkerUnavailable(f"the worker process died while loading the model (exit code {code}; "
+                                        "see its log)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise WorkerUnavailable(f"the worker process did not load the model within {self.start_timeout:.0f} s")
         try:
             parent.recv()
-        except EOFError as error:
+        except (EOFError, OSError) as error:
             self.stop()
-            raise RuntimeError("the worker process died while loading the model (see its log)") from error
+            raise WorkerUnavailable("the worker process died while loading the model (see its log)") from error
+        self.model_loaded = True
         log.info("worker process %d ready", self._process.pid)
 
     def stop(self) -> None:
+        self.model_loaded = False
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -137,17 +186,26 @@ class JobExecutor:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def alive(self) -> bool:
+        """Whether the child is up with its model loaded."""
+        return self.model_loaded and self._process is not None and self._process.is_alive()
+
     def run(
-        self, input_dir: Path, output_dir: Path, timeout: float, overrides: dict[str, Any] | None = None
+        self, input_dir: Path, output_dir: Path, timeout: float, overrides: dict[str, Any] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> Outcome:
-        """Segment one study; kills and forgets the child on timeout or death."""
-        if self._process is None or not self._process.is_alive():
+        """Segment one study; kills and forgets the child on timeout or death. ``on_wait`` is called about
+        once a second while the job runs (the worker's heartbeat). Raises WorkerUnavailable when no
+        child can be started."""
+        if not self.alive():
             self.stop()
-            self.start()
+            self.start(on_wait)
         assert self._connection is not None
         self._connection.send((str(input_dir), str(output_dir), dict(overrides or {})))
         deadline = time.monotonic() + timeout
         while not self._connection.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if on_wait is not None:
+                on_wait()
             if time.monotonic() >= deadline:
                 self.stop()
                 return Outcome(TIMEOUT, f"job exceeded its timeout of {timeout:.0f} s; worker abandoned",

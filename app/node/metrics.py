@@ -38,6 +38,8 @@ class NodeMetrics:
         self.registry = CollectorRegistry()
         self.instances = Counter("segmamba_instances_received", "DICOM instances received, by result",
                                  ["result"], registry=self.registry)
+        self.refusals = Counter("segmamba_instances_refused", "instances refused, by C-STORE status (0xA700: disk)",
+                                ["status"], registry=self.registry)
         self.jobs = Counter("segmamba_jobs_finished", "job attempts finished, by outcome", ["outcome"],
                             registry=self.registry)
         self.failures = Counter("segmamba_job_failures", "failed job attempts, by reason (error type)",

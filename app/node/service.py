@@ -3,51 +3,100 @@
     C-STORE / inbox folder -> intake (spool + journal) -> study completion -> job queue (journal)
         -> worker (operator chain in a child process, model loaded once) -> outbox -> C-STORE to PACS
 
-Threads of this process: the SCP's (pynetdicom), inbox (watchdog), clock (completion checks and
-retention), worker (one job at a time), sender (outbox), web (status, /healthz, /metrics). All
-state is in the spool and the journal; on start, jobs interrupted by a crash go back to ready
-and unacknowledged results are sent again.
+Threads of this process: the SCP's (pynetdicom), inbox (watchdog), clock (completion checks,
+heartbeat reaper, retention), worker (one job at a time), sender (outbox), web (status, /healthz,
+/readyz, /metrics). All state is in the spool and the journal; on start, temporary files of
+interrupted receives are removed, jobs interrupted by a crash go back to ready and unacknowledged
+results are sent again.
+
+Health: ``/healthz`` (liveness) is ok while the SCP and every loop thread are alive;
+``/readyz`` (readiness) also needs the model loaded in the worker process, a worker heartbeat within
+``heartbeat_timeout``, a writable journal and ``min_free_mb`` free on the spool's disk.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
+
 from app.config import Settings
 from app.node.executor import JobExecutor, Outcome
 from app.node.metrics import NodeMetrics
-from app.node.web import NodeWebServer
+from app.node.web import NodeWebServer, web_access
 from app.node.worker import Worker
 from operators.inbox import Inbox
-from operators.intake import Intake, IntakeResult, Limits
+from operators.intake import CANNOT_UNDERSTAND, Intake, IntakeResult, Limits
 from operators.journal import Journal
 from operators.result_sender import ResultSender
-from operators.retention import clean_spool
+from operators.retention import clean_spool, remove_temporaries
 from operators.spool import Spool
-from operators.storage_scp import ScpConfig, StorageSCP, server_ssl_context
+from operators.storage_scp import ScpConfig, StorageSCP, scp_ssl_context
 from operators.storage_scu import Destination, client_ssl_context
 from operators.study_completion import CompletionChecker, CompletionPolicy
 
 log = logging.getLogger("app.node")
-RETENTION_EVERY = 3600.0
+MODEL_RETRY_DELAY = 10.0  # seconds between attempts to start a worker whose model does not load
+
+
+RECORD_FIELDS = ("SOPClassUID", "Modality", "PatientID", "AccessionNumber")
+
+
+def unreadable_record_field(data: bytes) -> str | None:
+    """Why an attribute the journal records cannot be decoded (e.g. a corrupted VR: pydicom raises
+    NotImplementedError, which the intake would answer as a transient 0xA700 forever), or None."""
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return None  # the intake judges unparseable objects itself
+    for keyword in RECORD_FIELDS:
+        try:
+            str(dataset.get(keyword, ""))
+        except Exception as error:
+            return f"not a usable DICOM instance: {keyword} cannot be decoded ({type(error).__name__}: {error})"[:200]
+    return None
 
 
 class _CountingIntake(Intake):
-    """The intake, counting results into the metrics."""
+    """The intake, counting results into the metrics; a resend of a failed study reopens it; an object
+    that makes the reader fail unexpectedly is refused (0xC000), never the end of an intake thread."""
 
     def __init__(self, *args: Any, metrics: NodeMetrics, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metrics = metrics
 
-    def accept(self, data: bytes, calling_ae: str) -> IntakeResult:
-        result = super().accept(data, calling_ae)
-        self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
+    def accept(self, data: bytes, calling_ae: str, *args: Any) -> IntakeResult:
+        problem = unreadable_record_field(data)
+        if problem is not None:
+            log.warning("intake from %s refused: %s", calling_ae, problem)
+            result = IntakeResult(CANNOT_UNDERSTAND, problem)
+            self._count(result)
+            return result
+        try:
+            result = super().accept(data, calling_ae, *args)
+        except Exception as error:  # e.g. RecursionError on deeply nested sequences: refuse this object only
+            log.exception("intake from %s: unexpected failure reading an object", calling_ae)
+            result = IntakeResult(CANNOT_UNDERSTAND, f"not a usable DICOM instance: {type(error).__name__}")
+        self._count(result)
+        if result.duplicate and result.study_uid:
+            try:
+                self.journal.reopen_failed(result.study_uid, calling_ae,
+                                           "the study was sent again after its job failed; processing it again")
+            except Exception:  # the instance is safely stored; a reopen can be done by `requeue`
+                log.exception("study %s: could not reopen after a resend", result.study_uid)
         return result
+
+    def _count(self, result: IntakeResult) -> None:
+        self.metrics.instances.labels("duplicate" if result.duplicate else "stored" if result.ok else "refused").inc()
+        if not result.ok:
+            self.metrics.refusals.labels(f"0x{result.status:04X}").inc()
 
 
 class Node:
@@ -60,15 +109,14 @@ class Node:
         self.spool = Spool(settings.spool)
         self.journal = Journal(self.spool.journal_path)
         self.metrics = NodeMetrics(self.journal)
-        self.intake = _CountingIntake(self.spool, self.journal, Limits(settings.max_study_instances,
-                                                                       settings.max_study_mb << 20),
-                                      metrics=self.metrics)
-        tls = settings.tls_cert is not None and settings.tls_key is not None
+        self.intake = _CountingIntake(self.spool, self.journal, Limits(
+            settings.max_study_instances, settings.max_study_mb << 20, settings.min_free_mb << 20,
+            settings.quarantine_mb << 20), metrics=self.metrics)
         self.scp = StorageSCP(ScpConfig(
             settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
             settings.max_associations,
-            server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert)
-            if tls and settings.tls_cert and settings.tls_key else None,
+            scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert),
+            settings.association_request_timeout, settings.max_associations_per_peer,
         ), self.intake)
         self.inbox = Inbox(settings.inbox, self.intake) if settings.inbox else None
         self.completion = CompletionChecker(self.journal, CompletionPolicy(
@@ -76,17 +124,18 @@ class Node:
         destinations = [Destination.from_dict(d) for d in settings.destinations]
         self.executor = JobExecutor(settings)
         self.worker = Worker(self.journal, self.spool, self.executor, destinations, settings.job_timeout,
-                             settings.job_retries, on_outcome=self._count_outcome)
+                             settings.job_retries, on_outcome=self._count_outcome, max_runs=settings.max_job_runs)
         client_tls = client_ssl_context(settings.tls_ca, settings.tls_cert, settings.tls_key) \
             if any(d.tls for d in destinations) else None
         self.sender = ResultSender(self.journal, destinations, settings.ae_title, settings.send_backoff,
                                    settings.send_backoff_max, client_tls,
                                    on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc())
         self.web = NodeWebServer(self.journal, self.metrics.registry, self.health, settings.http_bind,
-                                 settings.http_port, f"SegMamba node {settings.ae_title}")
+                                 settings.http_port, f"SegMamba node {settings.ae_title}", ready=self.readiness,
+                                 access=web_access(settings, self.spool.root))
         self.stop_event = threading.Event()
-        self.worker_ready = False
         self._threads: list[threading.Thread] = []
+        self._cleaned_at = -float("inf")
 
     def _count_outcome(self, job_id: int, outcome: Outcome) -> None:
         self.metrics.jobs.labels(outcome.kind).inc()
@@ -98,10 +147,28 @@ class Node:
             self.metrics.failures.labels(outcome.error_type or outcome.kind).inc()
 
     def health(self) -> dict[str, bool]:
-        return {"scp": self.scp.server is not None, "worker": self.worker_ready,
-                **{t.name: t.is_alive() for t in self._threads}}
+        """Liveness: the SCP and every loop thread are alive."""
+        return {"scp": self.scp.server is not None, **{t.name: t.is_alive() for t in self._threads}}
+
+    def readiness(self) -> dict[str, bool]:
+        """Readiness: alive, model loaded, recent worker heartbeat, journal writable, spool not full."""
+        try:
+            self.journal.probe()
+            journal_ok = True
+        except Exception as error:  # sqlite3.Error, OSError: disk full, read-only, ...
+            log.warning("journal not writable: %s", error)
+            journal_ok = False
+        try:
+            free_ok = shutil.disk_usage(self.spool.root).free >= self.settings.min_free_mb << 20
+        except OSError:
+            free_ok = False
+        beat_age = time.monotonic() - self.worker.heartbeat
+        return {**self.health(), "model": self.executor.alive(),
+                "worker_heartbeat": beat_age < self.settings.heartbeat_timeout, "journal": journal_ok,
+                "spool_space": free_ok}
 
     def start(self) -> None:
+        remove_temporaries(self.spool)
         recovered = self.journal.recover()
         if recovered:
             log.warning("%d job(s) interrupted by a previous stop are ready again", recovered)
@@ -150,9 +217,14 @@ class Node:
         return loop
 
     def _work(self) -> None:
-        if not self.worker_ready:
-            self.executor.start()
-            self.worker_ready = True
+        if not self.executor.alive():
+            try:
+                self.executor.start(on_wait=self.worker.beat)
+            except Exception:  # the model does not load: not ready (/readyz), try again later
+                log.exception("the worker process could not load the model; retrying in %.0f s", MODEL_RETRY_DELAY)
+                self.worker.beat()
+                self.stop_event.wait(MODEL_RETRY_DELAY)
+                return
         self.worker.run_forever()
 
     def _send(self) -> None:
@@ -161,8 +233,11 @@ class Node:
 
     def _tick(self) -> None:
         self.completion.check()
+        for job_id in self.journal.reap_stale(self.settings.heartbeat_timeout):
+            log.warning("job %d: no worker heartbeat for %.0f s; back to the queue", job_id,
+                        self.settings.heartbeat_timeout)
         now = time.monotonic()
-        if now - getattr(self, "_cleaned_at", -RETENTION_EVERY) >= RETENTION_EVERY:
+        if now - self._cleaned_at >= self.settings.retention_interval:
             self._cleaned_at = now
             clean_spool(self.journal, self.spool, self.settings.retention_days * 86400)
         self.stop_event.wait(0.5)

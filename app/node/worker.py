@@ -1,18 +1,34 @@
 """The processing worker: claim ready jobs one at a time, segment, retry or fail, fill the outbox.
 
-Failure policy per attempt:
-- bad input (the pipeline's ValueError family, StudyError): permanent; the job keeps its reason
-  and its input stays in the spool for inspection;
+Failure policy per attempt (``attempts`` count only failures the job caused):
+- bad input (StudyError): permanent; the job keeps its reason and its input stays in the spool
+  for inspection (a resend of the study or ``python -m app requeue`` processes it again);
 - CUDA out of memory: retried at once with half the sliding-window batch, then on the CPU;
-- timeout, worker crash, any other error: transient; retried after a delay, at most
-  ``retries`` more times, then permanent.
+- timeout, worker crash, misconfiguration (ConfigurationError), any other error (a bug): retried
+  after a growing delay, at most ``retries`` more times, then permanent;
+- not the job's fault (no worker process could be started, the journal could not be written):
+  back to the queue without using an attempt. A job that ran ``max_runs`` times without an
+  outcome (e.g. it takes the whole node down each time) fails.
+
+While a job runs the worker beats: ``heartbeat`` (monotonic, for /readyz) and the job's
+``heartbeat_at`` in the journal (the node's clock returns jobs without one to the queue). Every
+journal update names the claim (``runs``), so a run whose job was taken back changes nothing.
+
+Results of a reopened study (instances arrived after its result) supersede the previous one: the
+new SEG joins the first result's SEG series as the next instance (InstanceNumber = revision + 1,
+ContentDescription "Revision N: supersedes instance N-1 of this series"), and report.json says so (``revision``,
+``supersedes``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +41,41 @@ from operators.spool import Spool
 from operators.storage_scu import Destination
 
 log = logging.getLogger(__name__)
+JOURNAL_ERRORS = (sqlite3.Error, OSError)
+BEAT_EVERY = 5.0  # seconds between journal heartbeats of a running job
 
 
 def first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0]
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def mark_superseding(files: dict[str, str], series_uid: str | None, revision: int, supersedes: str | None) -> None:
+    """Make a result the next revision of a study's result: the SEG joins ``series_uid`` as instance
+    ``revision + 1`` with a ContentDescription saying it supersedes the previous instance; report.json
+    names the superseded SEG (``supersedes``)."""
+    seg_path = Path(files["segmentation"])
+    seg = pydicom.dcmread(seg_path)
+    if series_uid:
+        seg.SeriesInstanceUID = series_uid
+    seg.InstanceNumber = revision + 1
+    seg.ContentDescription = f"Revision {revision + 1}: supersedes instance {revision} of this series"  # LO: 64
+    _replace_atomically(seg_path, lambda target: seg.save_as(target, enforce_file_format=True))
+    report_path = Path(files.get("report", ""))
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        report["revision"] = revision + 1
+        report["supersedes"] = {"sop_instance_uid": supersedes, "series_instance_uid": series_uid,
+                                "reason": "instances arrived after the previous result; this result replaces it"}
+        _replace_atomically(report_path, lambda target: target.write_text(json.dumps(report, indent=2)))
 
 
 class Worker:
@@ -37,7 +84,7 @@ class Worker:
     def __init__(
         self, journal: Journal, spool: Spool, executor: JobExecutor, destinations: Sequence[Destination],
         timeout: float, retries: int, retry_delay: float = 5.0,
-        on_outcome: Callable[[int, Outcome], None] | None = None,
+        on_outcome: Callable[[int, Outcome], None] | None = None, max_runs: int = 10,
     ) -> None:
         self.journal = journal
         self.spool = spool
@@ -46,60 +93,123 @@ class Worker:
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
+        self.max_runs = max_runs
         self.on_outcome = on_outcome or (lambda _job, _outcome: None)
         self.stop_event = threading.Event()
         self.current_job: int | None = None
+        self.heartbeat = time.monotonic()
+        self._run: tuple[int, int] | None = None  # (job id, claim) of the running job
+        self._beaten_at = 0.0
+
+    def beat(self) -> None:
+        """The worker is alive; tell the journal every BEAT_EVERY seconds while a job runs."""
+        self.heartbeat = time.monotonic()
+        if self._run is None or self.heartbeat - self._beaten_at < BEAT_EVERY:
+            return
+        self._beaten_at = self.heartbeat
+        try:
+            self.journal.beat(*self._run)
+        except JOURNAL_ERRORS as error:
+            log.warning("job %d: heartbeat not journalled: %s", self._run[0], error)
 
     def run_forever(self, idle: float = 0.3) -> None:
         while not self.stop_event.is_set():
+            self.beat()
             if not self.run_one():
                 self.stop_event.wait(idle)
+
+    def output_dir(self, job_id: int, revision: int) -> Path:
+        """A job's output folder; each revision has its own (a pending send of the last one keeps its file)."""
+        return self.spool.job_dir(job_id) / ("output" if revision == 0 else f"output-r{revision}")
 
     def run_one(self) -> bool:
         """Claim and run one job; False when none was ready."""
         job = self.journal.claim_job()
         if job is None:
             return False
-        job_id, study = int(job["id"]), str(job["study_uid"])
-        self.current_job = job_id
+        job_id, study, run = int(job["id"]), str(job["study_uid"]), int(job["runs"])
+        self.current_job, self._run, self._beaten_at = job_id, (job_id, run), time.monotonic()
         try:
-            if job["attempts"] > self.retries + 1:
-                self.journal.fail_job(job_id, f"gave up after {job['attempts'] - 1} attempts: {job['reason']}")
-                log.error("study %s job %d: gave up after %d attempts", study, job_id, job["attempts"] - 1)
+            if run > self.max_runs:
+                self.journal.fail_job(job_id, f"gave up after {run - 1} runs without an outcome: {job['reason']}",
+                                      run)
+                log.error("study %s job %d: gave up after %d runs", study, job_id, run - 1)
                 return True
             overrides: dict[str, Any] = json.loads(job["settings"]) if job["settings"] else {}
-            log.info("study %s job %d: processing (attempt %d)", study, job_id, job["attempts"])
-            outcome = self.executor.run(self.spool.study_dir(study), self.spool.job_dir(job_id) / "output",
-                                        self.timeout, overrides)
+            output = self.output_dir(job_id, int(job["revision"]))
+            shutil.rmtree(output, ignore_errors=True)  # nothing of an interrupted run mixes in
+            log.info("study %s job %d: processing (run %d, %d failed attempt(s))", study, job_id, run,
+                     job["attempts"])
+            try:
+                outcome = self.executor.run(self.spool.study_dir(study), output, self.timeout, overrides,
+                                            on_wait=self.beat)
+            except Exception as error:  # no worker process: not the job's fault
+                log.exception("study %s job %d: no worker process", study, job_id)
+                self._release(job_id, run, f"{type(error).__name__}: {first_line(str(error))}", self.retry_delay)
+                self.stop_event.wait(self.retry_delay)
+                return True
             self.on_outcome(job_id, outcome)
-            self._record(job_id, study, int(job["attempts"]), outcome)
+            try:
+                self._record(job, outcome)
+            except JOURNAL_ERRORS as error:  # e.g. disk full: the job must not stay 'processing'
+                log.error("study %s job %d: journal update failed (%s); the job goes back to the queue", study,
+                          job_id, error)
+                self._release(job_id, run, f"journal update failed: {error}", self.retry_delay)
+            except Exception as error:  # a bug recording the outcome (e.g. an unreadable SEG): retried
+                log.exception("study %s job %d: recording the outcome failed", study, job_id)
+                self.journal.retry_job(job_id, f"{type(error).__name__}: {first_line(str(error))}",
+                                       self.retry_delay * (int(job["attempts"]) + 1), None, run)
         finally:
-            self.current_job = None
+            self.current_job, self._run = None, None
         return True
 
-    def _record(self, job_id: int, study: str, attempts: int, outcome: Outcome) -> None:
+    def _release(self, job_id: int, run: int, reason: str, delay: float) -> None:
+        """Back to the queue without an attempt; if even that cannot be written, the heartbeat reaper
+        (or the next start) does it once the journal is writable again."""
+        try:
+            self.journal.release_job(job_id, reason, delay, run)
+        except JOURNAL_ERRORS as error:
+            log.error("job %d: could not be released (%s); the heartbeat timeout will requeue it", job_id, error)
+
+    def _record(self, job: Any, outcome: Outcome) -> None:
+        job_id, study, run = int(job["id"]), str(job["study_uid"]), int(job["runs"])
+        attempts = int(job["attempts"]) + 1  # if this outcome is a failure
         if outcome.ok:
-            seg = Path(outcome.files["segmentation"])
-            sop_uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
-            sends = [(d.name, str(seg), sop_uid) for d in self.destinations]
-            self.journal.finish_job(job_id, outcome.files, outcome.stage_times, sends)
-            log.info("study %s job %d: done in %.1f s, SEG %s queued for %s", study, job_id,
-                     sum(outcome.stage_times.values()), sop_uid, [d.name for d in self.destinations])
+            self._finish(job, outcome)
             return
         reason = f"{outcome.error_type}: {first_line(outcome.message)}"
         if outcome.kind == PERMANENT:
-            self.journal.fail_job(job_id, reason)
+            self.journal.fail_job(job_id, reason, run)
             log.error("study %s job %d: failed: %s", study, job_id, reason)
             return
         if outcome.kind == OOM:
             smaller = after_out_of_memory(outcome.sw_batch_size, outcome.device)
             if smaller is not None:
-                self.journal.retry_job(job_id, reason, 0.0, smaller)
+                self.journal.retry_job(job_id, reason, 0.0, smaller, run, counted=False)
                 log.warning("study %s job %d: out of memory; retrying with %s", study, job_id, smaller)
                 return
         if attempts > self.retries:
-            self.journal.fail_job(job_id, f"{reason} (after {attempts} attempts)")
+            self.journal.fail_job(job_id, f"{reason} (after {attempts} attempts)", run)
             log.error("study %s job %d: failed after %d attempts: %s", study, job_id, attempts, reason)
             return
-        self.journal.retry_job(job_id, reason, self.retry_delay * attempts)
+        self.journal.retry_job(job_id, reason, self.retry_delay * attempts, None, run)
         log.warning("study %s job %d: %s; retry %d of %d", study, job_id, reason, attempts, self.retries)
+
+    def _finish(self, job: Any, outcome: Outcome) -> None:
+        job_id, study, revision = int(job["id"]), str(job["study_uid"]), int(job["revision"])
+        files = dict(outcome.files)
+        if revision > 0:
+            previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? ORDER BY id DESC LIMIT 1",
+                                          (job_id,))
+            mark_superseding(files, job["seg_series_uid"], revision, previous[0]["sop_uid"] if previous else None)
+        seg = Path(files["segmentation"])
+        header = pydicom.dcmread(seg, stop_before_pixels=True)
+        sop_uid = str(header.SOPInstanceUID)
+        sends = [(d.name, str(seg), sop_uid) for d in self.destinations]
+        if not self.journal.finish_job(job_id, files, outcome.stage_times, sends, int(job["runs"]),
+                                       str(header.SeriesInstanceUID)):
+            log.warning("study %s job %d: result discarded, the job was taken back meanwhile", study, job_id)
+            return
+        log.info("study %s job %d: done in %.1f s, SEG %s%s queued for %s", study, job_id,
+                 sum(outcome.stage_times.values()), sop_uid, f" (revision {revision + 1})" if revision else "",
+                 [d.name for d in self.destinations])
