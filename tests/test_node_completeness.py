@@ -155,15 +155,16 @@ def test_instances_after_the_result_make_a_superseding_seg(source: Path, tmp_pat
         outputs = json.loads(node.journal_rows(f"SELECT outputs FROM jobs WHERE id = {job['id']}")[0][0])
         report = json.loads(Path(outputs["report"]).read_text())
         assert report["revision"] == 2 and report["supersedes"]["sop_instance_uid"] == first["SOPInstanceUID"]
-        with_page = wait_for(lambda: "revision 2, supersedes" in _page(node.url), 10, "the status page")
+        with_page = wait_for(lambda: "revision 2, supersedes" in _page(node.url, node.token), 10, "the status page")
         assert with_page
     finally:
         node.kill()
         orthanc.stop()
 
 
-def _page(url: str) -> str:
+def _page(url: str, token: str) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(url + "/", timeout=5) as response:
+    request = urllib.request.Request(url + "/", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return response.read().decode()

@@ -61,7 +61,8 @@ def test_hostile_files_fail_alone_among_good_studies(source: Path, tmp_path: Pat
         states = Counter(state for (uid, state) in node.journal_rows("SELECT study_uid, state FROM jobs")
                          if uid not in good)
         assert set(states) <= {"failed"}, states
-        refused = len(list((inbox / ".rejected").glob("*.dcm"))) if (inbox / ".rejected").exists() else 0
+        quarantine = tmp_path / "node" / "spool" / "quarantine"  # every refused object, with its reason
+        refused = len(list(quarantine.glob("*.json"))) if quarantine.exists() else 0
         assert refused + states["failed"] == FAST_CASES, "each hostile file refused or failed as its own study"
         assert Counter(s["StudyInstanceUID"] for s in orthanc.segs()) == Counter(dict.fromkeys(good, 1))
         assert node.alive() and (node.ready() or {}).get("status") == "ok"
