@@ -115,3 +115,15 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ]
     phantom = Phantom(center=(2.0, -8.0, 15.0), lesion=Lesion(center=(-26.0, 2.0, 36.0), radius=22.0, seed=1))
     return write_study(tmp_path_factory.mktemp("small-study"), phantom, specs, seed=9)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 (TLS tests of the node)."""
+    folder = tmp_path_factory.mktemp("tls")
+    binary = shutil.which("openssl")
+    assert binary, "openssl is not installed"
+    subprocess.run([binary, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "cert.pem")], check=True, capture_output=True, timeout=60)
+    return folder / "cert.pem", folder / "key.pem"

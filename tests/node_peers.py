@@ -262,3 +262,13 @@ def send_study(folder: Path, port: int, calling: str = "MODALITY", called: str =
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+class Clock:
+    """A settable clock for the journal and completion checker (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

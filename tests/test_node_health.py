@@ -19,15 +19,7 @@ from app.node.service import Node
 from app.node.worker import Worker
 from operators.journal import InstanceRecord, Journal
 from operators.spool import Spool
-from tests.node_peers import NodeProcess, free_port, wait_for, write_small_study
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.node_peers import Clock, NodeProcess, free_port, wait_for, write_small_study
 
 
 def _record(sop: str, study: str = "1.2.3") -> InstanceRecord:

@@ -13,15 +13,15 @@ from operators.intake import Intake
 from operators.journal import Journal
 from operators.spool import Spool
 from operators.study_completion import CompletionChecker, CompletionPolicy
-from tests.node_peers import NodeProcess, Orthanc, copy_as_new_study, send_study, wait_for, write_small_study
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.node_peers import (
+    Clock,
+    NodeProcess,
+    Orthanc,
+    copy_as_new_study,
+    send_study,
+    wait_for,
+    write_small_study,
+)
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,7 @@ from operators.series_selection import SeriesSelectionError
 from operators.spool import Spool, UnsafeUID, checked_uid, write_atomic
 from operators.storage_scp import ScpConfig, StorageSCP
 from operators.study_completion import CompletionChecker, CompletionPolicy, readiness
-from tests.node_peers import free_port, write_small_study
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.node_peers import Clock, free_port, write_small_study
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,17 +34,6 @@ from operators.storage_scu import client_ssl_context
 from tests.node_peers import REPO, free_port, write_small_study
 
 PATIENT_ID, ACCESSION, PATIENT_NAME = "PID-4471-0923", "ACC-99812", "Doe^Jane"
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    binary = shutil.which("openssl")
-    assert binary, "openssl is not installed"
-    subprocess.run([binary, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
-                    "-out", str(folder / "cert.pem")], check=True, capture_output=True, timeout=60)
-    return folder / "cert.pem", folder / "key.pem"
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,17 +12,6 @@ from operators.spool import Spool
 from operators.storage_scp import ScpConfig, StorageSCP, server_ssl_context
 from operators.storage_scu import Destination, DestinationUnavailable, client_ssl_context, send_files
 from tests.node_peers import free_port, write_small_study
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    binary = shutil.which("openssl")
-    assert binary, "openssl is not installed"
-    subprocess.run([binary, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
-                    "-out", str(folder / "cert.pem")], check=True, capture_output=True, timeout=60)
-    return folder / "cert.pem", folder / "key.pem"
 
 
 def test_instances_travel_over_tls_only(certificate: tuple[Path, Path], tmp_path: Path) -> None:
