@@ -80,8 +80,12 @@ def decode_frame(dataset: pydicom.Dataset, index: int = 0) -> np.ndarray:
             array, _ = decoder.as_array(dataset, index=index, decoding_plugin=plugin)
         except Exception as error:  # plugins raise RuntimeError, ValueError, OSError, ...
             raise FrameDecodeError(f"{syntax.name} data does not decode ({_summary(error)})") from error
-    if caught:
-        raise FrameDecodeError(f"decoder warned: {_summary(caught[0].message)}")
+    # Only the decoder's own warnings count: a ResourceWarning of some other object that the garbage
+    # collector happens to finalise during decoding (a TemporaryDirectory, an open file) says nothing
+    # about this frame.
+    decoder_warnings = [w for w in caught if not issubclass(w.category, ResourceWarning)]
+    if decoder_warnings:
+        raise FrameDecodeError(f"decoder warned: {_summary(decoder_warnings[0].message)}")
     _check_array(array, dataset)
     return array
 

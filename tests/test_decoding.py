@@ -226,6 +226,27 @@ def test_decoder_warning_fails_the_series(source: Path, tmp_path: Path) -> None:
     assert raised.value.file.startswith("DICOM/S1/IM") and DESCRIPTION in raised.value.series
 
 
+def test_a_resource_warning_of_another_object_does_not_fail_a_frame(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The garbage collector may finalise an unrelated TemporaryDirectory while a frame decodes: its
+    ResourceWarning is not the decoder's, so the clean frame decodes."""
+    import warnings
+
+    from pydicom.pixels.decoders.base import Decoder
+
+    folder = _encode_series(source, tmp_path, "1.2.840.10008.1.2.4.70")
+    ds = pydicom.dcmread(folder / "DICOM" / "S1" / "IM0002")
+    decode = Decoder.as_array
+
+    def decode_while_collecting(self: Decoder, *args: object, **kwargs: object) -> object:
+        warnings.warn("Implicitly cleaning up <TemporaryDirectory '/tmp/x'>", ResourceWarning, stacklevel=1)
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Decoder, "as_array", decode_while_collecting)
+    assert decode_frame(ds).shape == (48, 52)
+
+
 def test_clean_frames_decode_without_logging_noise(
     source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
