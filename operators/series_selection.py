@@ -82,6 +82,7 @@ PREFER_CRITERIA: tuple[str, ...] = (
     "axial",
     "distortion_corrected",
     "lossless",
+    "full_coverage",
     "latest",
     "earliest",
     "most_slices",
@@ -94,9 +95,11 @@ DEFAULT_PREFER: tuple[str, ...] = (
     "axial",
     "distortion_corrected",
     "lossless",
+    "full_coverage",
     "latest",
 )
 DEFAULT_RULES_PATH = Path(__file__).with_name("series_rules.json")
+_FULL_COVERAGE = 0.7  # "full_coverage" keeps series reaching at least this share of the longest candidate's extent
 log = logging.getLogger(__name__)
 
 _RESOLUTION_ORDER = ("t2f", "t2w", "t1c", "t1n")
@@ -1118,6 +1121,12 @@ def _failure_message(study_uid: str, accession: str, infos: list[_Series], resol
 def _prefer(criterion: str, pool: list[_Series]) -> list[_Series]:
     if criterion == "original":
         return [s for s in pool if s.derived != "reformat"] or pool
+    if criterion == "full_coverage":
+        extents = [_extent_mm(s) for s in pool]
+        if any(v is None for v in extents):
+            return pool
+        longest = max(extents)  # type: ignore[type-var]
+        return [s for s, v in zip(pool, extents, strict=True) if v >= _FULL_COVERAGE * longest]  # type: ignore[operator]
     if criterion == "3d":
         return [s for s in pool if s.acquisition_type == "3D"] or pool
     if criterion in ("thinnest", "finest_in_plane"):
@@ -1142,8 +1151,16 @@ def _prefer(criterion: str, pool: list[_Series]) -> list[_Series]:
     return [s for s in pool if _order_key(s, pool) == _order_key(pick, pool)]
 
 
+def _extent_mm(s: _Series) -> float | None:
+    """How far the series reaches along its slice normal (slices x slice step), or None when unknown."""
+    return s.n_instances * s.slice_mm if s.slice_mm else None
+
+
 def _why_lost(criterion: str, s: _Series, kept: list[_Series]) -> str:
     winner = kept[0]
+    if criterion == "full_coverage":
+        return (f"covers {_extent_mm(s):.0f} mm along its slices; {winner.label} covers "
+                f"{_extent_mm(winner):.0f} mm (a partial repeat or slab)")
     if criterion == "original":
         return f"{s.derived_note}; an original acquisition ({winner.label}) exists"
     if criterion == "3d":

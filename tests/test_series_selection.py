@@ -337,7 +337,8 @@ def test_derived_4d_and_non_mr_series_are_ignored() -> None:
     assert "4D: 60 instances at 20 positions" in selection.ignored[dynamic[0]]
     assert "4D: 2 temporal positions" in selection.ignored[temporal[0]]
     assert "modality OT, not MR" in selection.ignored[fused[0]]
-    assert "6 instance(s), fewer than the minimum of 10" in selection.ignored[thin[0]]
+    runner = next(r for r in selection.choices["t2w"].runners_up if r.series_instance_uid == thin[0])
+    assert runner.reason.startswith("prefer=full_coverage: covers")  # a 6-slice partial repeat loses to the full T2
 
 
 def test_t1_flair_is_t1_and_a_later_bolus_start_makes_a_pre_contrast_series() -> None:
