@@ -29,7 +29,9 @@ def seg_counts(orthanc: Orthanc) -> Counter[str]:
 
 def test_kill_during_intake_processing_and_sending_with_pacs_down(source: Path, tmp_path: Path) -> None:
     orthanc = Orthanc(tmp_path / "orthanc")  # the PACS is down until the end
-    node = NodeProcess(tmp_path / "node", orthanc).start()
+    # stable_seconds well above a loaded machine's restart-to-resend gap: the half study must not be closed
+    # as stable before the modality's resend arrives (that ran it a third time, as a stale revision).
+    node = NodeProcess(tmp_path / "node", orthanc, stable_seconds=30).start()
     try:
         study = copy_as_new_study(source, tmp_path / "a", 1)
         instances = len(list((tmp_path / "a").iterdir()))
