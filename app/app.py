@@ -17,7 +17,7 @@ from operators.model_card import ModelCard
 from operators.model_input import ModelInputOperator
 from operators.results import ResultFiles, ResultWriterOperator
 from operators.segmenters import Segmenter
-from operators.series_selection import DicomSeriesSelector
+from operators.series_selection.operator import DicomSeriesSelector
 from operators.study_loader import StrictDicomLoader
 from operators.timing import TimedCompute
 

@@ -522,7 +522,7 @@ def test_operator_in_an_sdk_application(sdk: Any, tmp_path: Path) -> None:
     application_cls, _, operator_cls, loader_cls, _ = sdk
     from holoscan.conditions import CountCondition
 
-    from operators.series_selection import DicomSeriesSelector
+    from operators.series_selection.operator import DicomSeriesSelector
 
     series, uids = siemens_study()
     _write(series, tmp_path / "in")
@@ -558,7 +558,7 @@ def test_operator_failure_surfaces_from_application_run(sdk: Any, tmp_path: Path
     application_cls, _, _, loader_cls, _ = sdk
     from holoscan.conditions import CountCondition
 
-    from operators.series_selection import DicomSeriesSelector
+    from operators.series_selection.operator import DicomSeriesSelector
 
     series, _ = siemens_study(include_flair=False)
     _write(series, tmp_path)
