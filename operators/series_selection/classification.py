@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from pydicom import Dataset
 
-from operators.roles import ROLES
+from operators.roles import ROLES, Role
 from operators.series_selection.evidence import Kind, SeriesEvidence
 from operators.series_selection.matching import match_conditions
 from operators.series_selection.rules import AttributeEvidence, SelectionRules
@@ -30,7 +30,7 @@ def classify(series: SeriesEvidence, rules: SelectionRules) -> None:
     roles = [role for role in ROLES if any(match_conditions(r.conditions, header) for r in rules.rules_for(role))]
     t1_role = next((r for r in roles if r in ("t1n", "t1c")), None)
     if t1_role is not None and len(set(roles) & {"t1n", "t1c"}) == 1 and series.contrast and attrs.use:
-        target = "t1c" if series.contrast == "post" else "t1n"
+        target: Role = "t1c" if series.contrast == "post" else "t1n"
         if target != t1_role:
             if t1_role == "t1c":
                 said = "says post-contrast"
