@@ -35,7 +35,7 @@ from typing import Any
 
 import pydicom
 
-from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, after_out_of_memory
+from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, WorkerStopped, after_out_of_memory
 from operators.journal import Journal
 from operators.spool import Spool
 from operators.storage_scu import Destination
@@ -143,6 +143,10 @@ class Worker:
             try:
                 outcome = self.executor.run(self.spool.study_dir(study), output, self.timeout, overrides,
                                             on_wait=self.beat)
+            except WorkerStopped:  # the node is stopping: the job waits for the next start
+                log.info("study %s job %d: interrupted by the node stopping; back to the queue", study, job_id)
+                self._release(job_id, run, "interrupted by the node stopping", 0.0)
+                return True
             except Exception as error:  # no worker process: not the job's fault
                 log.exception("study %s job %d: no worker process", study, job_id)
                 self._release(job_id, run, f"{type(error).__name__}: {first_line(str(error))}", self.retry_delay)
