@@ -111,8 +111,9 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
         die_with_parent(parent_pid)
     from app.batch import load_model, process_study
     from app.cli import _configure_logging
+    from app.logs import log_context
 
-    _configure_logging(settings.log_level)
+    _configure_logging(settings, "segmamba-worker.log")
     current = settings
     card, segmenter = load_model(current)
     connection.send(("ready",))
@@ -121,13 +122,14 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
             request = connection.recv()
         except EOFError:
             return
-        input_dir, output_dir, overrides = request
+        input_dir, output_dir, overrides, ids = request
         try:
             wanted = dataclasses.replace(settings, **overrides) if overrides else settings
             if wanted != current:
                 current = wanted
                 card, segmenter = load_model(current)
-            files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
+            with log_context(**ids):
+                files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
             connection.send(("ok", {"segmentation": str(files.segmentation), "report": str(files.report),
                                     "preview": str(files.preview)}, times))
         except Exception as error:
@@ -207,11 +209,11 @@ class JobExecutor:
 
     def run(
         self, input_dir: Path, output_dir: Path, timeout: float, overrides: dict[str, Any] | None = None,
-        on_wait: Callable[[], None] | None = None,
+        on_wait: Callable[[], None] | None = None, ids: dict[str, Any] | None = None,
     ) -> Outcome:
         """Segment one study; kills and forgets the child on timeout or death. ``on_wait`` is called about
         once a second while the job runs (the worker's heartbeat). Raises WorkerUnavailable when no
-        child can be started."""
+        child can be started. ``ids`` (study_uid, job_id) go into the child's log records."""
         if not self.alive():
             self.stop()
             self.start(on_wait)
@@ -220,7 +222,7 @@ class JobExecutor:
         if connection is None or process is None:
             raise WorkerStopped("the node is stopping")
         try:
-            connection.send((str(input_dir), str(output_dir), dict(overrides or {})))
+            connection.send((str(input_dir), str(output_dir), dict(overrides or {}), dict(ids or {})))
             deadline = time.monotonic() + timeout
             while not connection.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
                 if on_wait is not None:
