@@ -67,6 +67,18 @@ MANIFEST_KEYS = ("title", "version", "input-formats", "output-formats")
 IGNORED_MANIFEST_KEYS = {"inputFormats": "input-formats", "outputFormats": "output-formats"}
 RESOURCE_KEYS = ("cpu", "memory", "gpu", "gpuMemory")
 DICOM_PORT, HTTP_PORT = 11112, 8080
+ENTRY_POINT = "/var/holoscan/segmamba-entry"  # the image's ENTRYPOINT, and app.json's command
+
+
+def http_probe(path: str, period: int, failures: int, initial_delay: int = 0) -> dict[str, Any]:
+    """A MAP manifest probe (Holoscan/MAP application manifest format) on the status server."""
+    return {"type": "http-get", "path": path, "port": HTTP_PORT, "initialDelaySeconds": initial_delay,
+            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+# Serve mode only (a batch run exits when its study is done and has no HTTP server).
+LIVENESS = http_probe("/healthz", 30, 4, initial_delay=10)
+READINESS = http_probe("/readyz", 10, 3, initial_delay=10)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_ENGINE = 0, 1, 3
 WRITABLE = ("/var/holoscan/input", "/var/holoscan/output", "/var/holoscan/spool",
@@ -96,7 +108,7 @@ USER ${{UID}}
 ENV PYTHONUSERBASE=/home/${{UNAME}}/.local
 ENV SEGMAMBA_SPOOL=/var/holoscan/spool
 EXPOSE {dicom_port} {http_port}
-ENTRYPOINT ["/var/holoscan/segmamba-entry"]
+ENTRYPOINT ["{entry_point}"]
 """
 
 
@@ -347,6 +359,15 @@ def run_packager(layout: Layout, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(layout.record.read_text())
 
 
+def complete_app_manifest(path: Path) -> None:
+    """app.json: the command the image really starts (our entry point, as the packager's JSON text) and
+    the serve mode's probes."""
+    manifest = json.loads(path.read_text())
+    manifest["command"] = json.dumps([ENTRY_POINT])
+    manifest["liveness"], manifest["readiness"] = LIVENESS, READINESS
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def complete_context(layout: Layout, record: dict[str, Any], user_tag: str) -> list[str]:
     """Add the entry point and Dockerfile lines; returns the ``docker build`` command line."""
     dockerfile = Path(record["dockerfile"])
@@ -356,7 +377,8 @@ def complete_context(layout: Layout, record: dict[str, Any], user_tag: str) -> l
                          f"but {LOCK.name} is resolved for Python {IMAGE_PYTHON}")
     with dockerfile.open("a") as handle:
         handle.write(DOCKERFILE_ADDITIONS.format(dicom_port=DICOM_PORT, http_port=HTTP_PORT,
-                                                 writable=" ".join(WRITABLE)))
+                                                 writable=" ".join(WRITABLE), entry_point=ENTRY_POINT))
+    complete_app_manifest(layout.context / "map" / "app.json")
     entry = layout.context / "segmamba-entry"
     shutil.copyfile(ENTRY_SCRIPT, entry)
     entry.chmod(0o755)
