@@ -88,11 +88,20 @@ def image_env(image: Path, scratch: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def declared_command(image: Path) -> list[str]:
+    """app.json's command, with the image's /var/holoscan mapped onto the staged context."""
+    context = image / "map" / "context"
+    command = json.loads(json.loads((context / "map" / "app.json").read_text())["command"])
+    assert command == ["/var/holoscan/segmamba-entry"]
+    entry = context / Path(command[0]).name  # COPY ./segmamba-entry /var/holoscan/segmamba-entry
+    assert entry.read_text().startswith("#!/bin/sh")
+    return ["sh", str(entry), *command[1:]]
+
+
 def as_arbitrary_uid(image: Path, env: dict[str, str], *args: str) -> list[str]:
-    """``env -i`` (only ``env``), then the entry point as uid 54321 in group 0 (OpenShift's way)."""
-    entry = image / "map" / "context" / "segmamba-entry"
+    """``env -i`` (only ``env``), then app.json's command as uid 54321 in group 0 (OpenShift's way)."""
     return ["env", "-i", *[f"{k}={v}" for k, v in env.items()], "setpriv", f"--reuid={UID}", "--regid=0",
-            "--clear-groups", "sh", str(entry), *args]
+            "--clear-groups", *declared_command(image), *args]
 
 
 def files_of_uid_outside(volumes: Path) -> set[str]:
