@@ -15,13 +15,14 @@ Steps:
    4.0.0) and app.yaml's manifest keys (``input-formats``/``output-formats``; the camel-case
    keys of older examples are silently ignored by the packager);
 2. stage the application in OUT/staging/app (app/, operators/, segmamba/, ``__main__.py``,
-   app.yaml, requirements.txt with the SDK pins and the image's torch) and the one model
-   folder in OUT/staging/models/NAME;
+   app.yaml, and as requirements.txt the lock packaging/requirements-image.lock, checked against
+   requirements.txt and its SDK pins) and the one model folder in OUT/staging/models/NAME;
 3. run ``monai-deploy package`` offline (``--source packaging/artifacts.json``) with a stand-in
    ``docker`` first on PATH (capture_docker.py) that copies the generated build context to
    OUT/context instead of building it;
 4. complete the context: an entry point that keeps the application's exit status
-   (segmamba-entry.sh), packages readable by any user id, the DICOM and HTTP ports;
+   (segmamba-entry.sh, also app.json's command, with serve-mode probes), gcc and Python.h for
+   Triton, folders and packages usable by any user id in group 0, the DICOM and HTTP ports;
    write OUT/build-image.sh (the ``docker build`` command) and OUT/build-info.json;
 5. with a Docker engine (and without --context-only), build the image, tagged with the
    packager's name (NAME-x64-workstation-dgpu-linux-amd64:VERSION) and with --tag.
