@@ -165,11 +165,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key, None) for key in keys}
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level), stream=sys.stderr, force=True,
-        format="%(asctime)s %(levelname)s %(name)s [%(processName)s/%(threadName)s]: %(message)s",
-    )
+def _configure_logging(settings: Settings, file_name: str = "segmamba.log") -> None:
+    from app.logs import configure_logging
+
+    level = settings.log_level
+    configure_logging(level, settings.log_format, settings.logs, file_name)
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
     # holoscan (imported by monai) warns about the stack size at import; it runs fine on CPU
     warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if demo:
             overrides.update(input=args.dir / "input", output=args.dir / "output")
         settings = load_settings(args.config, overrides=overrides)
-        _configure_logging(settings.log_level)
+        _configure_logging(settings)
         from app.batch import run_batch  # heavy imports (torch, monai, holoscan) after parsing
 
         if demo:
@@ -235,7 +235,7 @@ def _sub_command_settings(args: argparse.Namespace) -> Settings | None:
     except ConfigError as error:
         print(f"ERROR configuration: {error}", file=sys.stderr)
         return None
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     return settings
 
 

@@ -22,12 +22,14 @@ HOLOSCAN_ENV = {
     "HOLOSCAN_OUTPUT_PATH": "output",
     "HOLOSCAN_MODEL_PATH": "models",
     "HOLOSCAN_WORKDIR": "workdir",
+    "HOLOSCAN_LOGS_PATH": "logs",
 }
 ENV_PREFIX = "SEGMAMBA_"
 PATH_FIELDS = ("input", "output", "models", "workdir", "series_rules", "spool", "inbox", "tls_cert", "tls_key",
-               "tls_ca")
+               "tls_ca", "logs")
 OPTIONAL_FIELDS = ("series_rules", "sw_batch_size", "mirror_tta", "inbox", "tls_cert", "tls_key", "tls_ca",
-                   "http_token", "http_user", "http_password")
+                   "http_token", "http_user", "http_password", "logs")
+LOG_FORMATS = ("text", "json")
 BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert", "http_auth", "show_phi")
 # Node settings: (minimum) per number; ints and floats both must be >= their minimum.
 INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "max_associations": 1,
@@ -65,6 +67,8 @@ class Settings:
     mirror_tta: bool | None = None
     progress: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"
+    logs: Path | None = None
     # The DICOM node (``python -m app serve``); see app.yaml for each setting's meaning.
     ae_title: str = "SEGMAMBA"
     port: int = 11112
@@ -122,6 +126,10 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         return _boolean(name, value)
     if name in INT_FIELDS or name in FLOAT_FIELDS:
         return _number(name, value)
+    if name == "log_format" and str(value).strip().lower() not in LOG_FORMATS:
+        raise ConfigError(f"setting 'log_format' must be one of {LOG_FORMATS}, got {value!r}")
+    if name == "log_format":
+        return str(value).strip().lower()
     if name == "reference_role" and value not in ROLES:
         raise ConfigError(f"setting 'reference_role' must be one of {ROLES}, got {value!r}")
     if name == "allowed_calling_aes":

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from operators.errors import ConfigurationError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'receiving', patient_id TEXT, accession TEXT,
@@ -54,6 +56,10 @@ CREATE TABLE IF NOT EXISTS node_state (key TEXT PRIMARY KEY, value TEXT);
 # Job columns added after the first release (journals written by it gain them on open).
 JOB_COLUMNS = {"runs": "INTEGER NOT NULL DEFAULT 0", "heartbeat_at": "REAL", "revision": "INTEGER NOT NULL DEFAULT 0",
                "stale": "INTEGER NOT NULL DEFAULT 0", "seg_series_uid": "TEXT"}
+# Schema version (SQLite ``PRAGMA user_version``): 0 = journals of releases before versioning, whose
+# missing columns the additive steps above bring in; 1 = this schema. Raise it with each change and
+# add the step to ``_migrate``; a journal newer than this code is refused (downgrade).
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,21 @@ class Journal:
         for column, kind in JOB_COLUMNS.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the journal to SCHEMA_VERSION on open, keeping every queued study and pending send."""
+        found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            self._db.close()
+            raise ConfigurationError(f"journal {self.path} has schema version {found}, newer than this node's "
+                                     f"{SCHEMA_VERSION}: run the newer node, or restore the journal's backup")
+        if found == SCHEMA_VERSION:
+            return
+        with self.transaction() as db:  # 0 -> 1: the columns above; nothing else changes
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if db.execute("SELECT 1 FROM studies LIMIT 1").fetchone():  # not a journal created just now
+                self._audit(db, "journal-migrated", None, None, "node", f"schema {found} -> {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:

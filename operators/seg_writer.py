@@ -32,6 +32,7 @@ from operators.multiframe import seg_source_images
 from operators.seg_header import character_set_for, clean_source_header, header_texts
 from operators.volume import sort_slices
 
+RESULT_MODE = 0o644  # results are read by other uids of the group (PACS gateway, mercure dispatcher)
 ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically abnormal structure")
 
 
@@ -176,6 +177,7 @@ def _save_atomically(dataset: pydicom.Dataset, output_path: Path) -> Path:
             dataset.save_as(handle, enforce_file_format=True)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, RESULT_MODE)  # mkstemp makes 0600: the PACS gateway (another uid) reads it
         os.replace(temporary, output_path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

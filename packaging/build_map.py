@@ -15,13 +15,14 @@ Steps:
    4.0.0) and app.yaml's manifest keys (``input-formats``/``output-formats``; the camel-case
    keys of older examples are silently ignored by the packager);
 2. stage the application in OUT/staging/app (app/, operators/, segmamba/, ``__main__.py``,
-   app.yaml, requirements.txt with the SDK pins and the image's torch) and the one model
-   folder in OUT/staging/models/NAME;
+   app.yaml, and as requirements.txt the lock packaging/requirements-image.lock, checked against
+   requirements.txt and its SDK pins) and the one model folder in OUT/staging/models/NAME;
 3. run ``monai-deploy package`` offline (``--source packaging/artifacts.json``) with a stand-in
    ``docker`` first on PATH (capture_docker.py) that copies the generated build context to
    OUT/context instead of building it;
 4. complete the context: an entry point that keeps the application's exit status
-   (segmamba-entry.sh), packages readable by any user id, the DICOM and HTTP ports;
+   (segmamba-entry.sh, also app.json's command, with serve-mode probes), gcc and Python.h for
+   Triton, folders and packages usable by any user id in group 0, the DICOM and HTTP ports;
    write OUT/build-image.sh (the ``docker build`` command) and OUT/build-info.json;
 5. with a Docker engine (and without --context-only), build the image, tagged with the
    packager's name (NAME-x64-workstation-dgpu-linux-amd64:VERSION) and with --tag.
@@ -55,6 +56,8 @@ ARTIFACTS_MANIFEST = PACKAGING / "artifacts.json"
 ENTRY_SCRIPT = PACKAGING / "segmamba-entry.sh"
 MAIN_SOURCE = PACKAGING / "map_main.py"
 CAPTURE_SCRIPT = PACKAGING / "capture_docker.py"
+LOCK = PACKAGING / "requirements-image.lock"  # packaging/lock_image.py
+IMAGE_PYTHON = "3.12"  # the packager's Ubuntu 24.04 python3 (3.12.3), which the lock is resolved for
 APPLICATION_PACKAGES = ("app", "operators", "segmamba")
 MODEL_CARD = "metadata.json"
 INFO_NAME = "build-info.json"
@@ -65,20 +68,48 @@ MANIFEST_KEYS = ("title", "version", "input-formats", "output-formats")
 IGNORED_MANIFEST_KEYS = {"inputFormats": "input-formats", "outputFormats": "output-formats"}
 RESOURCE_KEYS = ("cpu", "memory", "gpu", "gpuMemory")
 DICOM_PORT, HTTP_PORT = 11112, 8080
+ENTRY_POINT = "/var/holoscan/segmamba-entry"  # the image's ENTRYPOINT, and app.json's command
+
+
+def http_probe(path: str, period: int, failures: int, initial_delay: int = 0) -> dict[str, Any]:
+    """A MAP manifest probe (Holoscan/MAP application manifest format) on the status server."""
+    return {"type": "http-get", "path": path, "port": HTTP_PORT, "initialDelaySeconds": initial_delay,
+            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+# Serve mode only (a batch run exits when its study is done and has no HTTP server).
+LIVENESS = http_probe("/healthz", 30, 4, initial_delay=10)
+READINESS = http_probe("/readyz", 10, 3, initial_delay=10)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_ENGINE = 0, 1, 3
+WRITABLE = ("/var/holoscan/input", "/var/holoscan/output", "/var/holoscan/spool",
+            "/var/holoscan/logs")
 DOCKERFILE_ADDITIONS = """
 # ---- segmamba-node additions (packaging/build_map.py) ----
-# Entry point that runs the application with exec: its exit status and signals are kept
-# (the packager's /var/holoscan/tools always exits 0). Packages installed with pip --user stay
-# importable for any user id (mercure runs modules with its own uid; OpenShift picks one).
 USER root
+# Triton (in PyPI's CUDA torch) compiles a C launcher at its first GPU use: it needs gcc and Python.h.
+# (Without them the 'auto' scan backend falls back to the chunked one, with one warning.)
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends --no-install-suggests gcc libc6-dev \\
+        python3-dev=${{PYTHON_VERSION}} \\
+    && rm -rf /var/lib/apt/lists/*
+# Entry point that runs the application with exec: its exit status and signals are kept
+# (the packager's /var/holoscan/tools always exits 0).
 COPY ./segmamba-entry /var/holoscan/segmamba-entry
-RUN chmod 0755 /var/holoscan/segmamba-entry /home/${{UNAME}}
-USER ${{UNAME}}
+# Any uid: the working, spool, output and log folders belong to group 0 and are group-writable
+# (OpenShift runs an arbitrary uid in group 0; a fresh volume mounted on them copies this), and
+# packages installed with pip --user stay readable (mercure runs modules with its own uid).
+RUN mkdir -p {writable} \\
+    && chown ${{UID}}:0 /var/holoscan && chmod 2775 /var/holoscan \\
+    && chown -R ${{UID}}:0 {writable} \\
+    && chmod -R u+rwX,g+rwX,o+rX {writable} \\
+    && chmod g+s {writable} \\
+    && chmod 0755 /var/holoscan/segmamba-entry /home/${{UNAME}}
+USER ${{UID}}
 ENV PYTHONUSERBASE=/home/${{UNAME}}/.local
+ENV SEGMAMBA_SPOOL=/var/holoscan/spool
 EXPOSE {dicom_port} {http_port}
-ENTRYPOINT ["/var/holoscan/segmamba-entry"]
+ENTRYPOINT ["{entry_point}"]
 """
 
 
@@ -224,36 +255,71 @@ def requirement_name(line: str) -> str | None:
     return re.sub(r"[-_.]+", "-", match.group(0)).lower() if match else None
 
 
-def staged_requirements(source: Path, torch_index: str | None) -> str:
-    """requirements.txt for the image: ours, with the SDK pins checked and the torch note."""
+def requirement_pins(text: str) -> dict[str, str]:
+    """name -> version of the ``name==version`` lines of a requirements (or lock) text."""
+    pins = {}
+    for line in text.splitlines():
+        name = requirement_name(line)
+        match = re.match(r"[A-Za-z0-9._-]+\s*==\s*([^\s;#\\]+)", line.split("#", 1)[0].strip())
+        if name and match:
+            pins[name] = match.group(1)
+    return pins
+
+
+def check_pins(source: Path) -> None:
+    """requirements.txt must pin the packaging toolchain (the image's SDK is the one tested)."""
     lines = source.read_text().splitlines()
     pinned = {requirement_name(line): line.split("#", 1)[0].strip() for line in lines if requirement_name(line)}
-    head = [
-        "# Requirements of the MAP image (written by packaging/build_map.py from requirements.txt).",
-        "# torch: on Linux, PyPI's torch wheels are CUDA builds that carry their CUDA libraries; the host",
-        "# needs only the NVIDIA driver (>= 580 for CUDA 13) and the NVIDIA container toolkit. Without a",
-        "# GPU the same image runs on the CPU.",
-    ]
-    if torch_index:
-        head += [f"# torch from {torch_index} (--torch-index)", f"--extra-index-url {torch_index}"]
-    tail = []
     for name, version in PINS.items():
         line = pinned.get(name)
-        if line is None:
-            tail.append(f"{name}=={version}")
-        elif re.sub(r"\s", "", line).lower() != f"{name}=={version}":
-            raise BuildError(f"{source} has '{line}'; the image needs {name}=={version} (the packaging toolchain)")
-    return "\n".join([*head, "", *lines, *tail]) + "\n"
+        if line is None or re.sub(r"\s", "", line).lower() != f"{name}=={version}":
+            raise BuildError(f"{source} has '{line or f'no {name}'}'; the image needs {name}=={version} "
+                             "(the packaging toolchain)")
 
 
-def stage(layout: Layout, model: Path, config: Path, requirements: Path, torch_index: str | None) -> None:
+def check_lock(source: Path, lock: Path) -> None:
+    """The lock must hold every requirement, at the version requirements.txt pins."""
+    if not lock.is_file():
+        raise BuildError(f"no lock file {lock}; write it with: .venv/bin/python packaging/lock_image.py")
+    locked = requirement_pins(lock.read_text())
+    wanted = {requirement_name(line) for line in source.read_text().splitlines()} - {None}
+    stale = sorted(name for name in wanted if name not in locked)
+    stale += [f"{name} ({version} in {source.name}, {locked[name]} locked)"
+              for name, version in requirement_pins(source.read_text()).items()
+              if name in locked and locked[name] != version]
+    if stale:
+        raise BuildError(f"{lock.name} is out of date with {source.name}: {', '.join(stale)}; "
+                         "regenerate it with: .venv/bin/python packaging/lock_image.py")
+
+
+def staged_requirements(source: Path, torch_index: str | None, platform: str = "x86_64",
+                        lock: Path = LOCK) -> str:
+    """requirements.txt for the image: the lock file (x86_64, PyPI torch), else ours unlocked."""
+    check_pins(source)
+    if platform == "x86_64" and not torch_index:
+        check_lock(source, lock)
+        return lock.read_text()
+    reason = f"--torch-index {torch_index}" if torch_index else f"--platform {platform}"
+    print(f"WARNING {reason}: the lock ({lock.name}) is for x86_64 with PyPI's torch; the image's packages "
+          "are resolved at build time (not reproducible)", file=sys.stderr)
+    head = [f"# Requirements of the MAP image (packaging/build_map.py, {reason}): resolved at build time.",
+            "# torch: PyPI's Linux torch wheels are CUDA builds that carry their CUDA libraries; the host needs",
+            "# only the NVIDIA driver (>= 580 for CUDA 13) and the NVIDIA container toolkit."]
+    if torch_index:
+        head.append(f"--extra-index-url {torch_index}")
+    body = [line for line in source.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join([*head, "", *body]) + "\n"
+
+
+def stage(layout: Layout, model: Path, config: Path, requirements: Path, torch_index: str | None,
+          platform: str) -> None:
     """Write the application folder and the model folder that the packager takes."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
     for name in APPLICATION_PACKAGES:
         shutil.copytree(REPO / name, layout.app / name, ignore=ignore)
     shutil.copyfile(MAIN_SOURCE, layout.app / "__main__.py")
     shutil.copyfile(config, layout.app / "app.yaml")
-    (layout.app / "requirements.txt").write_text(staged_requirements(requirements, torch_index))
+    (layout.app / "requirements.txt").write_text(staged_requirements(requirements, torch_index, platform))
     shutil.copytree(model, layout.models / model.name, ignore=ignore)
 
 
@@ -294,11 +360,26 @@ def run_packager(layout: Layout, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(layout.record.read_text())
 
 
+def complete_app_manifest(path: Path) -> None:
+    """app.json: the command the image really starts (our entry point, as the packager's JSON text) and
+    the serve mode's probes."""
+    manifest = json.loads(path.read_text())
+    manifest["command"] = json.dumps([ENTRY_POINT])
+    manifest["liveness"], manifest["readiness"] = LIVENESS, READINESS
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def complete_context(layout: Layout, record: dict[str, Any], user_tag: str) -> list[str]:
     """Add the entry point and Dockerfile lines; returns the ``docker build`` command line."""
     dockerfile = Path(record["dockerfile"])
+    python = re.search(r"^ENV PYTHON_VERSION=(\S+)", dockerfile.read_text(), re.MULTILINE)
+    if python is None or not python.group(1).startswith(f"{IMAGE_PYTHON}."):
+        raise BuildError(f"the packager's Dockerfile installs Python {python.group(1) if python else '(unknown)'}, "
+                         f"but {LOCK.name} is resolved for Python {IMAGE_PYTHON}")
     with dockerfile.open("a") as handle:
-        handle.write(DOCKERFILE_ADDITIONS.format(dicom_port=DICOM_PORT, http_port=HTTP_PORT))
+        handle.write(DOCKERFILE_ADDITIONS.format(dicom_port=DICOM_PORT, http_port=HTTP_PORT,
+                                                 writable=" ".join(WRITABLE), entry_point=ENTRY_POINT))
+    complete_app_manifest(layout.context / "map" / "app.json")
     entry = layout.context / "segmamba-entry"
     shutil.copyfile(ENTRY_SCRIPT, entry)
     entry.chmod(0o755)
@@ -341,7 +422,7 @@ def build(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.config)
     model = find_model(args.models.resolve())
     prepare_out(layout)
-    stage(layout, model, args.config, args.requirements, args.torch_index)
+    stage(layout, model, args.config, args.requirements, args.torch_index, args.platform)
     record = run_packager(layout, args)
     command = complete_context(layout, record, args.tag)
     info = {

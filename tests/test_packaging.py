@@ -42,6 +42,16 @@ EXIT_NO_ENGINE = 3
 # Variables read by the image's entry point and its __main__.py, not by app/config.py.
 ENTRY_VARIABLES = {"SEGMAMBA_MODE", "SEGMAMBA_INPUT_IGNORE"}
 PYTHON_BIN = str(Path(sys.executable).parent)
+ENTRY_POINT = "/var/holoscan/segmamba-entry"
+# MONAI Deploy Workflow Manager: the argo task arguments it accepts (ArgoParameters.VaildParameters in
+# its source; anything else makes POST /workflows answer 400) and the one it requires.
+ARGO_TASK_ARGS = {"namespace", "server_url", "allow_insecure", "workflow_template_name", "timeoutSeconds",
+                  "apiToken", "endpoint", "username", "password", "exchange", "virtualHost", "resources",
+                  "parameters", "priority", "cpu", "memory", "gpu_required"}
+QUANTITY = r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?"
+# mercure (0.4.1+): docker_arguments it refuses unless unsafe arguments are allowed (host access).
+MERCURE_UNSAFE = {"device_requests", "privileged", "cap_add", "devices", "volumes", "network_mode", "pid_mode",
+                  "ipc_mode", "security_opt", "userns_mode", "user", "entrypoint", "command"}
 
 
 def build_map(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -105,7 +115,12 @@ def test_without_engine_the_build_stops_with_a_complete_context(
 
 def test_app_json_is_the_map_contract(context: Path) -> None:
     app = json.loads((context / "map" / "app.json").read_text())
-    assert json.loads(app["command"]) == ["python3", "/opt/holoscan/app"]
+    entrypoint = json.loads([line for line in dockerfile_lines(context) if line.startswith("ENTRYPOINT")][-1]
+                            .removeprefix("ENTRYPOINT"))
+    assert json.loads(app["command"]) == entrypoint == [ENTRY_POINT]  # what the image really starts
+    assert app["liveness"]["type"] == app["readiness"]["type"] == "http-get"  # serve mode's probes
+    assert (app["liveness"]["path"], app["readiness"]["path"]) == ("/healthz", "/readyz")
+    assert app["liveness"]["port"] == app["readiness"]["port"] == APP_YAML["settings"]["http_port"]
     assert app["input"]["formats"] == APP_YAML["application"]["input-formats"] == ["file"]
     assert app["output"]["formats"] == APP_YAML["application"]["output-formats"] == ["file"]
     assert app["environment"]["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models"
@@ -126,13 +141,64 @@ def test_pkg_json_has_the_model_and_resources_the_network_needs(context: Path) -
     assert int(resources["cpu"]) >= 2
 
 
-def test_image_requirements_are_ours_with_the_sdk_pins(context: Path) -> None:
-    image = (context / "pip" / "requirements.txt").read_text().splitlines()
-    ours = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
-    assert set(ours) <= {line.strip() for line in image}
-    for pin in ("holoscan-cu13==4.2.0", "monai-deploy-app-sdk==4.0.0", "holoscan-cli==4.2.0", "torch==2.13.0"):
-        assert pin in image, pin
+def locked_versions(text: str) -> dict[str, str]:
+    """name -> version of a requirements/lock text's ``name==version`` lines."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if match:
+            found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return found
+
+
+LOCK = PACKAGING / "requirements-image.lock"
+
+
+def test_image_requirements_are_the_lock_with_the_sdk_pins(context: Path) -> None:
+    image = (context / "pip" / "requirements.txt").read_text()
+    assert image == LOCK.read_text()
+    assert "Python 3.12" in image.splitlines()[0] and "x86_64" in image.splitlines()[0]
+    assert "local disk" not in image
+    locked = locked_versions(image)
+    for name, version in (("holoscan-cu13", "4.2.0"), ("monai-deploy-app-sdk", "4.0.0"), ("holoscan-cli", "4.2.0"),
+                          ("torch", "2.13.0"), ("python-json-logger", "4.2.0")):
+        assert locked.get(name) == version, name
+    ours = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line).group(0)).lower()
+            for line in (REPO / "requirements.txt").read_text().splitlines() if line.strip() and line[0].isalnum()}
+    assert ours <= set(locked), sorted(ours - set(locked))
+    entries = [block for block in re.split(r"\n(?=[a-z0-9])", image.split("\n", 4)[-1]) if block.strip()]
+    assert len(entries) == len(locked) and all("--hash=sha256:" in block for block in entries)  # pip --require-hashes
+    dockerfile = (context / "Dockerfile").read_text()
+    assert "ENV PYTHON_VERSION=3.12." in dockerfile  # the interpreter the lock is resolved for
+
+
+# The only package whose version differs between the image and the tested venv, and why: PyPI's CUDA
+# torch 2.13.0 pins its Triton exactly; the venv's CPU torch needs none, and the tests' Triton
+# interpreter (TRITON_INTERPRET=1) runs requirements-dev.txt's newer one.
+LOCK_DIVERGENCES = {"triton"}
+
+
+def test_tested_venv_is_consistent_with_the_lock() -> None:
+    import importlib.metadata
+
+    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version.split("+", 1)[0]
+                 for d in importlib.metadata.distributions()}
+    locked = locked_versions(LOCK.read_text())
+    common = set(locked) & set(installed)
+    assert len(common) >= 80  # the image and the venv hold most packages in common
+    differ = {name: (locked[name], installed[name]) for name in common if locked[name] != installed[name]}
+    assert set(differ) <= LOCK_DIVERGENCES, differ
+
+
+def test_a_lock_out_of_date_with_requirements_stops_the_build(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text((REPO / "requirements.txt").read_text().replace("pydicom==3.0.2", "pydicom==3.0.1")
+                            + "dicomweb-client==0.60.0\n")
+    result = build_map("--tag", IMAGE, "--models", str(THRESHOLD_MODEL), "--out", str(tmp_path / "out"),
+                       "--requirements", str(requirements), "--context-only")
+    assert result.returncode == 1
+    assert "requirements-image.lock is out of date" in result.stderr
+    assert "dicomweb-client" in result.stderr and "pydicom (3.0.1 in requirements.txt, 3.0.2 locked)" in result.stderr
 
 
 def test_dockerfile_installs_pins_copies_app_and_model_and_keeps_exit_status(context: Path) -> None:
@@ -152,6 +218,20 @@ def test_dockerfile_installs_pins_copies_app_and_model_and_keeps_exit_status(con
     assert entrypoints[-1] == 'ENTRYPOINT ["/var/holoscan/segmamba-entry"]'
     assert "COPY ./segmamba-entry /var/holoscan/segmamba-entry" in lines
     assert "ENV PYTHONUSERBASE=/home/${UNAME}/.local" in lines
+
+
+def test_dockerfile_gives_triton_a_compiler_and_any_uid_its_folders(context: Path) -> None:
+    text = (context / "Dockerfile").read_text()
+    additions = text[text.index("segmamba-node additions"):]
+    assert re.search(r"apt-get install [^\n]*gcc libc6-dev \\\n\s+python3-dev=\$\{PYTHON_VERSION\}", additions)
+    folders = ("/var/holoscan/input", "/var/holoscan/output", "/var/holoscan/spool", "/var/holoscan/logs")
+    mkdir = next(line for line in additions.splitlines() if "mkdir -p" in line)
+    assert all(folder in mkdir for folder in folders)
+    assert "chown -R ${UID}:0" in additions and "chmod -R u+rwX,g+rwX,o+rX" in additions  # gid 0, group-writable
+    assert "chmod 2775 /var/holoscan" in additions
+    lines = dockerfile_lines(context)
+    assert [line for line in lines if line.startswith("USER")][-1] == "USER ${UID}"  # numeric: runAsNonRoot checks it
+    assert "ENV SEGMAMBA_SPOOL=/var/holoscan/spool" in lines
 
 
 def test_dockerignore_keeps_every_file_the_image_needs(context: Path) -> None:
@@ -439,7 +519,7 @@ def kinds(name: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container.get("env", [])}
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
 
 
 def test_every_descriptor_parses_and_names_our_image() -> None:
@@ -478,6 +558,10 @@ def test_workflow_manager_workflow_routes_mr_brain_to_the_map_and_exports_the_se
     assert router["task_destinations"][0]["name"] == argo["id"]
 
     assert argo["type"] == "argo"
+    assert set(argo["args"]) <= ARGO_TASK_ARGS, sorted(set(argo["args"]) - ARGO_TASK_ARGS)
+    assert "memory_gb" not in argo["args"]
+    assert re.fullmatch(QUANTITY, argo["args"]["memory"]) and argo["args"]["memory"] == APP_YAML["resources"]["memory"]
+    assert re.fullmatch(QUANTITY, argo["args"]["cpu"]) and argo["args"]["gpu_required"] in ("true", "false")
     assert argo["args"]["workflow_template_name"] == template["metadata"]["name"]
     assert argo["args"]["namespace"] == template["metadata"]["namespace"]
     assert argo["artifacts"]["input"] == [{"name": "input-dicom", "value": "{{ context.input.dicom }}",
@@ -509,8 +593,8 @@ def test_argo_template_maps_artifacts_to_the_map_paths() -> None:
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in template["spec"]["volumes"]}
     assert "emptyDir" in volumes[mounts[env["HOLOSCAN_OUTPUT_PATH"]]]  # writable by the image's user
-    assert "command" not in container and "args" not in container  # the image's entry point runs batch mode
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == APP_YAML["resources"]["gpu"]
+    assert container["command"] == [ENTRY_POINT] and "args" not in container  # app.json's command: batch mode
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == str(APP_YAML["resources"]["gpu"])
     assert container["resources"]["limits"]["memory"] == APP_YAML["resources"]["memory"]
 
 
@@ -521,8 +605,9 @@ def test_mercure_module_rule_and_target_fit_together() -> None:
     for key in ("environment", "docker_arguments"):  # mercure ignores text that is not JSON, silently
         assert isinstance(module[key], str) and isinstance(json.loads(module[key]), dict)
     arguments = json.loads(module["docker_arguments"])
-    assert arguments["device_requests"][0]["capabilities"] == [["gpu"]]
-    assert not {"entrypoint", "command", "user"} & set(arguments)  # the image's entry point handles mercure
+    assert arguments == {"runtime": "nvidia"}  # mercure's own GPU switch writes exactly this
+    assert not MERCURE_UNSAFE & set(arguments)  # refused unless unsafe arguments are allowed
+    assert module["requires_root"] is False
     assert not any(k.startswith("HOLOSCAN_") for k in json.loads(module["environment"]))
     rule = config["rules"]["segmamba_brain_mr"]
     assert rule["processing_module"] == "segmamba" and rule["target"] in config["targets"]
@@ -545,7 +630,7 @@ def test_kubernetes_serve_mode_has_gpu_spool_probes_and_dicom_service() -> None:
     assert ports["dicom"] == int(env.get("SEGMAMBA_PORT", settings["port"]))
     assert ports["http"] == int(env.get("SEGMAMBA_HTTP_PORT", settings["http_port"]))
     assert env["SEGMAMBA_BIND_ADDRESS"] == env["SEGMAMBA_HTTP_BIND"] == "0.0.0.0"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["limits"]["memory"] == APP_YAML["resources"]["memory"]
     for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
@@ -561,3 +646,62 @@ def test_kubernetes_serve_mode_has_gpu_spool_probes_and_dicom_service() -> None:
     assert dicom["selector"].items() <= labels.items()
     assert dicom["ports"][0]["targetPort"] == "dicom" and dicom["ports"][0]["port"] == ports["dicom"]
     assert services[spec["serviceName"]]["spec"]["clusterIP"] == "None"
+
+
+def test_kubernetes_manifests_pass_the_schema_validator_strictly() -> None:
+    """kubernetes-validate (the API's OpenAPI schemas, shipped in the wheel, offline), strict mode:
+    unknown fields (a typo) are errors too."""
+    import kubernetes_validate
+
+    documents = descriptors()["kubernetes/segmamba-node.yaml"]
+    for document in documents:
+        kubernetes_validate.validate(document, "1.37.0", strict=True)
+    broken = json.loads(json.dumps(documents[2]))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.37.0", strict=True)
+
+
+def test_kubernetes_node_is_locked_down_and_takes_its_secrets() -> None:
+    found = kinds("kubernetes/segmamba-node.yaml")
+    pod = found["StatefulSet"][0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"] is True
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/var/holoscan/spool", "/tmp"}  # everything else is the read-only image
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    env = env_of(container)
+    assert env["TMPDIR"] == mounts["tmp"] and "emptyDir" in volumes["tmp"]
+    assert volumes["tls"]["secret"]["secretName"] == "segmamba-node-tls"
+    assert env["SEGMAMBA_TLS_CERT"] == f"{mounts['tls']}/tls.crt"
+    assert env["SEGMAMBA_TLS_KEY"] == f"{mounts['tls']}/tls.key"
+    token = next(item for item in container["env"] if item["name"] == "SEGMAMBA_HTTP_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "segmamba-node-web", "key": "token"}
+    assert env["SEGMAMBA_LOG_FORMAT"] == "json"
+    policy = found["NetworkPolicy"][0]["spec"]
+    labels = found["StatefulSet"][0]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    dicom_rule, web_rule = policy["ingress"]
+    assert dicom_rule["ports"] == [{"port": "dicom", "protocol": "TCP"}] and "from" not in dicom_rule
+    assert web_rule["ports"] == [{"port": "http", "protocol": "TCP"}] and web_rule["from"]  # not from everywhere
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    destination_ports = {int(d.rsplit(":", 1)[1]) for d in env["SEGMAMBA_DESTINATIONS"].split(",")}
+    assert {53} | destination_ports <= egress_ports
+
+
+def test_argo_template_passes_the_argo_models_round_trip() -> None:
+    """hera's Argo Workflows models (generated from Argo's OpenAPI schema): the template validates and
+    survives a round trip unchanged, so no field is unknown to Argo."""
+    from hera.workflows.models import WorkflowTemplate
+
+    document = kinds("monai-deploy/argo-workflow-template.yaml")["WorkflowTemplate"][0]
+    model = WorkflowTemplate.model_validate(document)
+    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == document
+    typo = json.loads(json.dumps(document))
+    typo["spec"]["templates"][0]["container"]["comand"] = [ENTRY_POINT]
+    dumped = WorkflowTemplate.model_validate(typo).model_dump(by_alias=True, exclude_unset=True, mode="json")
+    assert dumped != typo  # the check would catch a misspelt field

@@ -41,6 +41,7 @@ def test_seg_on_each_orientation_lands_on_the_lesion(
     datasets = study_series[description]
     mask = (series_to_volume(datasets).array > 700.0).astype(np.uint8)
     path = write_segmentation(mask, datasets, [WHOLE_TUMOUR], "SegMamba", "0.1", tmp_path / "seg.dcm")
+    assert path.stat().st_mode & 0o777 == 0o644, "another uid (the PACS gateway) reads the SEG"
     seg = hd.seg.segread(path)
     truth_count = int((truth_labels(phantom, study.by_description(description)) > 0).sum())
     assert seg_dice(seg, {1}, phantom, {1, 2, 3}, truth_count) >= 0.95

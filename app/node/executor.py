@@ -39,6 +39,10 @@ class WorkerUnavailable(RuntimeError):
     """The worker process could not be started or did not load the model (not the job's fault)."""
 
 
+class WorkerStopped(WorkerUnavailable):
+    """The node is stopping: the running job was abandoned and goes back to the queue."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one job run: ``kind`` is 'ok' or a failure kind (permanent, transient, oom, ...)."""
@@ -107,8 +111,9 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
         die_with_parent(parent_pid)
     from app.batch import load_model, process_study
     from app.cli import _configure_logging
+    from app.logs import log_context
 
-    _configure_logging(settings.log_level)
+    _configure_logging(settings, "segmamba-worker.log")
     current = settings
     card, segmenter = load_model(current)
     connection.send(("ready",))
@@ -117,13 +122,14 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
             request = connection.recv()
         except EOFError:
             return
-        input_dir, output_dir, overrides = request
+        input_dir, output_dir, overrides, ids = request
         try:
             wanted = dataclasses.replace(settings, **overrides) if overrides else settings
             if wanted != current:
                 current = wanted
                 card, segmenter = load_model(current)
-            files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
+            with log_context(**ids):
+                files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
             connection.send(("ok", {"segmentation": str(files.segmentation), "report": str(files.report),
                                     "preview": str(files.preview)}, times))
         except Exception as error:
@@ -135,9 +141,13 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
 class JobExecutor:
     """The parent's handle on the child process (see the module docstring)."""
 
-    def __init__(self, settings: Settings, start_timeout: float = 300.0) -> None:
+    def __init__(
+        self, settings: Settings, start_timeout: float = 300.0, child: Callable[..., None] | None = None,
+    ) -> None:
         self.settings = settings
         self.start_timeout = start_timeout
+        self._child = child or _child_main  # the child's main function (importable: spawn pickles it)
+        self._closed = threading.Event()  # close() was called: the node is stopping
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._connection: Connection | None = None
@@ -147,7 +157,9 @@ class JobExecutor:
         """Start the child and wait until its model is loaded (``on_wait`` called about once a second)."""
         parent, child = self._context.Pipe()
         self.model_loaded = False
-        self._process = self._context.Process(target=_child_main, args=(child, self.settings, os.getpid()),
+        if self._closed.is_set():
+            raise WorkerStopped("the node is stopping")
+        self._process = self._context.Process(target=self._child, args=(child, self.settings, os.getpid()),
                                               name="segmamba-worker", daemon=True)
         self._process.start()
         child.close()
@@ -172,6 +184,11 @@ class JobExecutor:
         self.model_loaded = True
         log.info("worker process %d ready", self._process.pid)
 
+    def close(self) -> None:
+        """Stop for good (the node is stopping): a job running in another thread ends with WorkerStopped."""
+        self._closed.set()
+        self.stop()
+
     def stop(self) -> None:
         self.model_loaded = False
         if self._connection is not None:
@@ -192,30 +209,35 @@ class JobExecutor:
 
     def run(
         self, input_dir: Path, output_dir: Path, timeout: float, overrides: dict[str, Any] | None = None,
-        on_wait: Callable[[], None] | None = None,
+        on_wait: Callable[[], None] | None = None, ids: dict[str, Any] | None = None,
     ) -> Outcome:
         """Segment one study; kills and forgets the child on timeout or death. ``on_wait`` is called about
         once a second while the job runs (the worker's heartbeat). Raises WorkerUnavailable when no
-        child can be started."""
+        child can be started. ``ids`` (study_uid, job_id) go into the child's log records."""
         if not self.alive():
             self.stop()
             self.start(on_wait)
-        assert self._connection is not None
-        self._connection.send((str(input_dir), str(output_dir), dict(overrides or {})))
-        deadline = time.monotonic() + timeout
-        while not self._connection.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
-            if on_wait is not None:
-                on_wait()
-            if time.monotonic() >= deadline:
-                self.stop()
-                return Outcome(TIMEOUT, f"job exceeded its timeout of {timeout:.0f} s; worker abandoned",
-                               "TimeoutError")
-            if not self._process.is_alive():
-                break
+        # Local references: close() from another thread (the node stopping) clears the attributes.
+        connection, process = self._connection, self._process
+        if connection is None or process is None:
+            raise WorkerStopped("the node is stopping")
         try:
-            answer = self._connection.recv()
+            connection.send((str(input_dir), str(output_dir), dict(overrides or {}), dict(ids or {})))
+            deadline = time.monotonic() + timeout
+            while not connection.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                if on_wait is not None:
+                    on_wait()
+                if time.monotonic() >= deadline:
+                    self.stop()
+                    return Outcome(TIMEOUT, f"job exceeded its timeout of {timeout:.0f} s; worker abandoned",
+                                   "TimeoutError")
+                if not process.is_alive():
+                    break
+            answer = connection.recv()
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
+            if self._closed.is_set():
+                raise WorkerStopped("the node is stopping; the job was abandoned") from None
+            code = process.exitcode
             self.stop()
             return Outcome(CRASHED, f"worker process died (exit code {code})", "WorkerCrashed")
         if answer[0] == "ok":

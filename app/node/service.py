@@ -28,7 +28,7 @@ from typing import Any
 import pydicom
 
 from app.config import Settings
-from app.node.executor import JobExecutor, Outcome
+from app.node.executor import JobExecutor, Outcome, WorkerStopped
 from app.node.metrics import NodeMetrics
 from app.node.web import NodeWebServer, web_access
 from app.node.worker import Worker
@@ -190,7 +190,7 @@ class Node:
         self.scp.stop()
         if self.inbox is not None:
             self.inbox.stop()
-        self.executor.stop()
+        self.executor.close()
         for thread in self._threads:
             thread.join(timeout=10)
         self.web.stop()
@@ -220,6 +220,8 @@ class Node:
         if not self.executor.alive():
             try:
                 self.executor.start(on_wait=self.worker.beat)
+            except WorkerStopped:
+                return
             except Exception:  # the model does not load: not ready (/readyz), try again later
                 log.exception("the worker process could not load the model; retrying in %.0f s", MODEL_RETRY_DELAY)
                 self.worker.beat()

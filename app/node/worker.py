@@ -35,7 +35,8 @@ from typing import Any
 
 import pydicom
 
-from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, after_out_of_memory
+from app.logs import log_context
+from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, WorkerStopped, after_out_of_memory
 from operators.journal import Journal
 from operators.spool import Spool
 from operators.storage_scu import Destination
@@ -129,6 +130,10 @@ class Worker:
             return False
         job_id, study, run = int(job["id"]), str(job["study_uid"]), int(job["runs"])
         self.current_job, self._run, self._beaten_at = job_id, (job_id, run), time.monotonic()
+        with log_context(study_uid=study, job_id=job_id):
+            return self._run_claimed(job, job_id, study, run)
+
+    def _run_claimed(self, job: Any, job_id: int, study: str, run: int) -> bool:
         try:
             if run > self.max_runs:
                 self.journal.fail_job(job_id, f"gave up after {run - 1} runs without an outcome: {job['reason']}",
@@ -142,7 +147,11 @@ class Worker:
                      job["attempts"])
             try:
                 outcome = self.executor.run(self.spool.study_dir(study), output, self.timeout, overrides,
-                                            on_wait=self.beat)
+                                            on_wait=self.beat, ids={"study_uid": study, "job_id": job_id})
+            except WorkerStopped:  # the node is stopping: the job waits for the next start
+                log.info("study %s job %d: interrupted by the node stopping; back to the queue", study, job_id)
+                self._release(job_id, run, "interrupted by the node stopping", 0.0)
+                return True
             except Exception as error:  # no worker process: not the job's fault
                 log.exception("study %s job %d: no worker process", study, job_id)
                 self._release(job_id, run, f"{type(error).__name__}: {first_line(str(error))}", self.retry_delay)
