@@ -152,7 +152,28 @@ try {
   await waitFor(page, loaded, null, 60000, 'the SEG did not load in OHIF (no segmentation representation shown)');
   await waitFor(page, shown, reference, 30000, 'the reference series was not displayed after loading the SEG');
   const sliceAfter = await page.evaluate(showSlice, request);
-  await new Promise((resolve) => setTimeout(resolve, 1500));
+  // Rendering is asynchronous (and slow on a loaded machine): wait up to 15 s for segment colours in the
+  // viewport; the caller judges where they are, and fails if there are none.
+  await page.waitForFunction((uid) => {
+    const cs = window.cornerstone;
+    const enabled = cs.getEnabledElements().find((e) => {
+      const id = e.viewport.getCurrentImageId && e.viewport.getCurrentImageId();
+      return id && cs.metaData.get('generalSeriesModule', id).seriesInstanceUID === uid;
+    });
+    if (!enabled) return false;
+    const source = enabled.viewport.canvas;
+    const copy = document.createElement('canvas');
+    copy.width = source.width;
+    copy.height = source.height;
+    const context = copy.getContext('2d');
+    context.drawImage(source, 0, 0);
+    const data = context.getImageData(0, 0, copy.width, copy.height).data;
+    for (let i = 0; i < data.length; i += 4) {
+      if (Math.max(data[i], data[i + 1], data[i + 2]) - Math.min(data[i], data[i + 1], data[i + 2]) > 30) return true;
+    }
+    return false;
+  }, { timeout: 15000, polling: 500 }, reference).catch(() => log.push('no segment colour in the viewport after 15 s'));
+  await new Promise((resolve) => setTimeout(resolve, 500));
   const after = save('after.png', await page.evaluate(capture, reference));
   await page.screenshot({ path: path.join(request.outDir, 'page.png') });
   const segments = await page.evaluate(() => window.cornerstoneTools.segmentation.state.getSegmentations()
