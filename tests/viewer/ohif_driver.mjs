@@ -139,7 +139,7 @@ try {
 
   // OHIF asks "Do you want to open this Segmentation?" in the viewport: answer Yes.
   const yes = () => [...document.querySelectorAll('button')].some((b) => b.innerText.trim() === 'Yes');
-  await waitFor(page, yes, null, 60000, 'OHIF did not ask to open the segmentation');
+  await waitFor(page, yes, null, 60000, 'OHIF did not ask to open the segmentation: the SEG did not load');
   await page.evaluate(() => [...document.querySelectorAll('button')].find((b) => b.innerText.trim() === 'Yes').click());
 
   const loaded = () => {
