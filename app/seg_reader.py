@@ -11,7 +11,8 @@ import pydicom
 
 
 def seg_points(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World points (LPS mm) of every pixel of every frame, each frame's segment number, and the pixels.
+    """World points (LPS mm) of every pixel of every frame, each frame's segment number, and whether each
+    pixel lies in its frame's segment (uint8 0/1; see `segment_mask`).
 
     Shapes: (frames, rows, columns, 3), (frames,), (frames, rows, columns).
     """
@@ -27,8 +28,24 @@ def seg_points(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
         identification = frame if "SegmentIdentificationSequence" in frame else shared
         segment_numbers.append(int(identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
     points = np.stack(positions)[:, None, None, :] + offsets[None]
-    pixels = seg.pixel_array.reshape(len(positions), seg.Rows, seg.Columns)
+    pixels = segment_mask(seg, seg.pixel_array.reshape(len(positions), seg.Rows, seg.Columns))
     return points, np.array(segment_numbers), pixels
+
+
+def segment_mask(seg: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Stored SEG pixels -> in-segment mask (uint8 0/1).
+
+    BINARY: the bit itself. FRACTIONAL (what operators.seg_writer writes: 0 or MaximumFractionalValue):
+    a pixel counts when its fraction is at least one half, so a probability or occupancy map reads as
+    its 50 % mask.
+    """
+    kind = str(seg.get("SegmentationType", "BINARY"))
+    if kind == "FRACTIONAL":
+        maximum = int(seg.MaximumFractionalValue)
+        return (2 * pixels.astype(np.int32) >= maximum).astype(np.uint8)
+    if kind == "BINARY":
+        return (pixels > 0).astype(np.uint8)
+    raise ValueError(f"SEG {seg.get('SOPInstanceUID', '?')}: SegmentationType {kind!r} is not read here")
 
 
 def seg_on_grid(seg: pydicom.Dataset, shape: tuple[int, int, int], affine: np.ndarray,

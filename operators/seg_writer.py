@@ -1,4 +1,4 @@
-"""Label map -> DICOM Segmentation (highdicom, BINARY) referencing one source series.
+"""Label map -> DICOM Segmentation (highdicom, FRACTIONAL 8-bit with values 0/255) referencing one source series.
 
 The label map lies on the reference series' voxel grid in the convention of operators.volume
 ([i, j, k], k ascending along the slice normal). Segment number n (1-based) is the n-th
@@ -9,8 +9,12 @@ Frames: empty frames are omitted. If no voxel carries a label at all, the SEG ke
 "searched, nothing found" to viewers and downstream systems. Every segment of `segments` is
 declared in SegmentSequence even when it has no voxels.
 
-Known peer limit: Orthanc 1.10 cannot serve the frames of a 1-bit SEG whose Columns is not a
-multiple of 8 (viewers then fail to load it); this writer does not pad.
+Encoding: FRACTIONAL, OCCUPANCY, 8 bits, MaximumFractionalValue 255, every pixel 0 or 255 (a binary
+mask stored one byte per pixel). A BINARY (1-bit) SEG whose frames are not a whole number of bytes
+(Rows x Columns not a multiple of 8) never displays in OHIF 3.13 over Orthanc 1.10 DICOMweb: Orthanc
+answers 400 for every frame. One byte per pixel is served for any matrix; OHIF reads a FRACTIONAL SEG
+holding only 0 and the maximum as binary. The LABELMAP type (Label Map Segmentation Storage) is not
+known to the dicom3tools validator. See docs/architecture.md ("SEG encoding").
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from operators.volume import sort_slices
 
 RESULT_MODE = 0o644  # results are read by other uids of the group (PACS gateway, mercure dispatcher)
 ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically abnormal structure")
+MAX_FRACTIONAL_VALUE = 255  # a pixel inside a segment; 0 outside
+CONTENT_LABEL = "SEGMAMBA"
+CONTENT_CREATOR = "SegMamba^Node"
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,15 @@ def write_segmentation(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> Path:
-    """Encode `labels` as a BINARY SEG of the reference series and write it atomically.
+    """Encode `labels` as a SEG (FRACTIONAL 0/255, see the module docstring) of the reference series and write it
+    atomically.
 
     The SEG joins the reference study as a new series; its source images are the reference
     instances, whose headers are inherited through repaired copies (operators.seg_header: missing
     Type 2 attributes empty, values that break their VR cleaned, the character set kept when it
-    encodes every text, else UTF-8). SeriesDate/Time and ContentDate/Time are the time of writing.
+    encodes every text, else UTF-8). SeriesDate/Time and ContentDate/Time are the time of writing;
+    ContentLabel, ContentDescription (the series description), ContentCreatorName and BodyPartExamined
+    (the reference's, when it has one) are set for PACS worklists.
     Raises ValueError if the label map's shape differs from the reference grid or
     it holds values not described by `segments`.
     """
@@ -125,7 +135,9 @@ def write_segmentation(
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
+        max_fractional_value=MAX_FRACTIONAL_VALUE,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
@@ -136,12 +148,17 @@ def write_segmentation(
         software_versions=algorithm_version,
         device_serial_number=device_serial_number,
         series_description=series_description,
+        content_label=CONTENT_LABEL,
+        content_description=series_description,
+        content_creator_name=CONTENT_CREATOR,
         omit_empty_frames=bool(frames.any()),
         specific_character_set=None,  # set below: highdicom refuses ISO 2022 lists such as "\\ISO 2022 IR 87"
         series_date=now.date(), series_time=now.time(), content_date=now.date(), content_time=now.time(),
     )
     if character_set is not None:
         seg.SpecificCharacterSet = character_set
+    if sources[0].get("BodyPartExamined"):
+        seg.BodyPartExamined = sources[0].BodyPartExamined
     return _save_atomically(seg, Path(output_path))
 
 

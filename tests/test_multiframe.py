@@ -263,7 +263,7 @@ def _voxels_by_position(seg: Any) -> dict[tuple[int, tuple[float, ...]], int]:
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         position = tuple(round(float(v), 2) for v in item.PlanePositionSequence[0].ImagePositionPatient)
         if frame.any():
-            found[(segment, position)] = int(frame.sum())
+            found[(segment, position)] = int((frame > 0).sum())
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -96,7 +97,18 @@ def test_seg_headers(
     assert seg.StudyInstanceUID == study.study_instance_uid
     assert seg.FrameOfReferenceUID == study.frame_of_reference_uid
     assert seg.SeriesInstanceUID != info.series_instance_uid
-    assert seg.SeriesDescription == "SegMamba tumour" and seg.SegmentationType == "BINARY"
+    assert seg.SeriesDescription == "SegMamba tumour" and seg.SegmentationType == "FRACTIONAL"
+    assert seg.SegmentationFractionalType == "OCCUPANCY" and seg.MaximumFractionalValue == 255
+    assert set(np.unique(seg.pixel_array).tolist()) == {0, 255}  # a binary mask, one byte per pixel
+    # What PACS worklists and series lists show.
+    today = datetime.date.today().strftime("%Y%m%d")
+    assert seg.SeriesDate == seg.ContentDate == today and seg.SeriesTime and seg.ContentTime
+    assert (seg.Manufacturer, seg.ManufacturerModelName, seg.SoftwareVersions) == ("SegMamba node", "SegMamba", "1.2.3")
+    assert (seg.ContentLabel, seg.ContentDescription, str(seg.ContentCreatorName)) == (
+        "SEGMAMBA", "SegMamba tumour", "SegMamba^Node")
+    assert seg.BodyPartExamined == "HEAD" and seg.Modality == "SEG" and seg.SeriesNumber == 9000
+    assert seg.StudyDescription == reference_datasets[0].StudyDescription
+    assert seg.AccessionNumber == study.accession_number
     referenced = seg.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == info.series_instance_uid
     assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} <= {
@@ -117,6 +129,45 @@ def test_seg_headers(
         assert tuple(hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()) == (
             spec.color_rgb
         )
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(125, 150), (117, 131), (64, 256)])
+def test_any_matrix_is_whole_bytes_per_frame_and_reads_back_exactly(
+    rows: int, columns: int, tmp_path: Path, dciodvfy_errors: Callable[[Path], list[str]]
+) -> None:
+    """Rows x Columns not a multiple of 8 (and odd, so the pixel data is padded): one byte per pixel, valid,
+    and the reader gives back exactly the label map (operators.seg_writer's encoding decision)."""
+    from app.seg_reader import seg_on_grid
+    from app.synthetic_study import SeriesSpec, write_study
+    from segmamba.synthetic import Lesion
+
+    phantom = Phantom(center=(2.0, -8.0, 15.0), lesion=Lesion(center=(-26.0, 2.0, 36.0), radius=22.0, seed=1))
+    spec = SeriesSpec("t1c", "AX T1 POST GAD", "axial", tilt_deg=(9.0, 0.0, -5.0), rows=rows, columns=columns,
+                      slices=9, pixel_spacing=(1.9, 1.8), slice_thickness=5.0, center=(2.0, -8.0, 36.0))
+    info = write_study(tmp_path / "study", phantom, [spec], seed=5).series[0]
+    labels = truth_labels(phantom, info)
+    segments = [SegmentSpec.from_dict(entry) for entry in BRATS_SEGMENTS]
+    path = write_segmentation(labels, [pydicom.dcmread(p) for p in info.files], segments, "SegMamba", "0.1",
+                              tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    assert (seg.SegmentationType, seg.BitsAllocated, seg.BitsStored) == ("FRACTIONAL", 8, 8)
+    assert len(seg.PixelData) == rows * columns * seg.NumberOfFrames + (rows * columns * seg.NumberOfFrames) % 2
+    assert np.array_equal(seg_on_grid(seg, labels.shape, info.affine), labels)
+
+
+def test_reader_takes_half_occupancy_as_inside() -> None:
+    """A FRACTIONAL SEG written elsewhere (probabilities): the reader's mask is fraction >= 0.5."""
+    from app.seg_reader import segment_mask
+
+    seg = pydicom.Dataset()
+    seg.SegmentationType, seg.MaximumFractionalValue = "FRACTIONAL", 200
+    assert segment_mask(seg, np.array([0, 99, 100, 200], dtype=np.uint8)).tolist() == [0, 0, 1, 1]
+    seg.SegmentationType = "BINARY"
+    assert segment_mask(seg, np.array([0, 1], dtype=np.uint8)).tolist() == [0, 1]
+    seg.SegmentationType = "LABELMAP"
+    with pytest.raises(ValueError, match="LABELMAP"):
+        segment_mask(seg, np.zeros(2, dtype=np.uint8))
 
 
 def test_study_without_tumour_gives_a_valid_empty_seg(
