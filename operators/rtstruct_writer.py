@@ -1,16 +1,20 @@
 """RT Structure Set: the contours of each label on the reference (T1c) slices, for planning systems
-and viewers without SEG support (rt-utils builds the structure set; OpenCV finds the contours).
+and viewers without SEG support. rt-utils builds the structure set (modules, ROI, observation and
+contour items); OpenCV traces the contours; the contour geometry is computed here.
 
-Contours are closed planar polygons through the centres of each region's boundary voxels, one per
-connected region and one per hole (RETR_TREE), on the slices that carry the label; a planning
-system that fills them (boundary included) gets the label's voxels back. Every label is declared
-as an ROI with its model-card colour, even when it has no voxels (then without contours).
+Contours, per slice and label: a closed planar polygon through the centres of the boundary voxels
+of each 8-connected region, and one through the centres of the boundary voxels of each hole (the
+hole's own voxels, outside the label). Filled by the even-odd rule with their boundary included,
+as planning systems and rt-utils do, they give the label's voxels back exactly; a system that
+counts only voxel centres strictly inside sees each region up to half a voxel smaller. Every label
+is declared as an ROI with its model-card colour, even without voxels (then without contours).
 
-Geometry: rt-utils 1.2.7 scales the image row direction by PixelSpacing[0] (the spacing between
-rows) and the column direction by PixelSpacing[1], which is right only for square pixels. It is
-given header copies with the two values swapped, so a contour vertex at column c, row r is
-IPP + c * PixelSpacing[1] * row direction + r * PixelSpacing[0] * column direction, as PS3.3 C.7.6.2
-defines. The slices of a split Enhanced MR instance are referenced as that instance and frame.
+rt-utils 1.2.7's own mask-to-contour step is not used: it scales the row direction by
+PixelSpacing[0] (wrong for non-square pixels), and its hole contours run through the region's
+voxels, so filling them drops the voxels around each hole. Here a vertex at column c, row r of
+slice k is IPP_k + c * PixelSpacing[1] * row direction + r * PixelSpacing[0] * column direction
+(PS3.3 C.7.6.2), on that slice's own plane. Slices split from one Enhanced MR instance are
+referenced as that instance and frame.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.uid import ExplicitVRLittleEndian
-from rt_utils import RTStruct
-from rt_utils.ds_helper import create_rtstruct_dataset
+from rt_utils import ds_helper
+from rt_utils.utils import ROIData
+from scipy import ndimage
 
 from operators.dicom_files import save_atomically
 from operators.multiframe import frame_source
@@ -42,6 +46,27 @@ SERIES_NUMBER = 9002
 MANUFACTURER = "SegMamba node"
 
 
+def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed contours of a 2D mask ([row, column]) as (column, row) vertex arrays: region outlines, then holes."""
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    holes = (ndimage.binary_fill_holes(mask) & ~mask.astype(bool)).astype(np.uint8)
+    outlines, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    parents = hierarchy[0][:, 3] if hierarchy is not None else []
+    regions = [c for c, parent in zip(outlines, parents, strict=True) if parent < 0]  # not the holes
+    hole_outlines, _ = cv2.findContours(holes, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [contour.reshape(-1, 2).astype(np.float64) for contour in (*regions, *hole_outlines)]
+
+
+def patient_points(vertices: np.ndarray, dataset: pydicom.Dataset) -> list[float]:
+    """(column, row) pixel vertices of one slice to flat x, y, z patient coordinates (mm), rounded for DS."""
+    origin = np.array(dataset.ImagePositionPatient, dtype=np.float64)
+    cosines = np.array(dataset.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+    points = (origin + np.outer(vertices[:, 0] * column_spacing, cosines[:3])
+              + np.outer(vertices[:, 1] * row_spacing, cosines[3:]))
+    return [round(float(v), 4) for v in points.ravel()]  # DS: at most 16 characters
+
+
 def write_structure_set(
     labels: np.ndarray, reference_datasets: Sequence[pydicom.Dataset], segments: Sequence[SegmentSpec],
     algorithm_name: str, algorithm_version: str, output_path: Path,
@@ -50,18 +75,25 @@ def write_structure_set(
     in slice order) as an RT Structure Set in the reference study; written atomically."""
     if labels.shape[2] != len(reference_datasets):
         raise ValueError(f"label map has {labels.shape[2]} slices, the reference series {len(reference_datasets)}")
-    series = [_geometry_copy(ds) for ds in reference_datasets]
+    series = [clean_source_header(ds) for ds in reference_datasets]
     with _quiet_pydicom():  # rt-utils sets FileDataset.is_little_endian, deprecated in pydicom 3
-        dataset = create_rtstruct_dataset(series)
+        dataset = ds_helper.create_rtstruct_dataset(series)
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    structure = RTStruct(series, dataset)
-    for spec in segments:
-        mask = np.ascontiguousarray((labels == spec.label).transpose(1, 0, 2))  # [row, column, slice]
-        with contextlib.redirect_stdout(io.StringIO()):  # rt-utils prints a note for an empty mask
-            structure.add_roi(mask, color=list(spec.color_rgb), name=spec.name, approximate_contours=False,
-                              description=f"{spec.name}, automatic ({algorithm_name} {algorithm_version})",
-                              roi_generation_algorithm=0)  # AUTOMATIC
-    dataset = structure.ds
+    frame_of_reference = str(dataset.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)
+    for number, spec in enumerate(segments, start=1):
+        roi = ROIData(mask="", color=list(spec.color_rgb), number=number, name=spec.name,
+                      frame_of_reference_uid=frame_of_reference, roi_generation_algorithm=0,  # AUTOMATIC
+                      description=f"{spec.name}, automatic ({algorithm_name} {algorithm_version})")
+        dataset.StructureSetROISequence.append(ds_helper.create_structure_set_roi(roi))
+        dataset.RTROIObservationsSequence.append(ds_helper.create_rtroi_observation(roi))
+        item = pydicom.Dataset()
+        item.ROIDisplayColor = list(spec.color_rgb)
+        item.ReferencedROINumber = number
+        contours = [ds_helper.create_contour(source, patient_points(vertices, source))
+                    for k, source in enumerate(series) for vertices in slice_contours(spec.label == labels[:, :, k].T)]
+        if contours:  # an ROI without voxels is declared without contours
+            item.ContourSequence = contours
+        dataset.ROIContourSequence.append(item)
     _describe(dataset, series[0], segments, algorithm_name, algorithm_version)
     _reference_frames(dataset, reference_datasets)
     save_atomically(dataset, output_path)
@@ -74,19 +106,11 @@ def _quiet_pydicom() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
         logger.setLevel(level)
-
-
-def _geometry_copy(source: pydicom.Dataset) -> pydicom.Dataset:
-    """A repaired header copy (operators.seg_header) with PixelSpacing swapped for rt-utils (see above)."""
-    copy = clean_source_header(source)
-    row_spacing, column_spacing = (float(v) for v in source.PixelSpacing)
-    copy.add(DataElement(tag_for_keyword("PixelSpacing"), "DS", [column_spacing, row_spacing]))
-    return copy
 
 
 def _describe(dataset: pydicom.Dataset, source: pydicom.Dataset, segments: Sequence[SegmentSpec],
@@ -120,13 +144,10 @@ def _describe(dataset: pydicom.Dataset, source: pydicom.Dataset, segments: Seque
         observation.ROIObservationDescription = f"{spec.name}: automatic segmentation, not reviewed"
         observation.ROIObservationLabel = spec.name[:16]
     for roi in dataset.ROIContourSequence:
-        if "ContourSequence" in roi and not roi.ContourSequence:
-            del roi.ContourSequence  # an ROI without voxels: declared, no contours
         for contour in roi.get("ContourSequence", []):
             contour.NumberOfContourPoints = len(contour.ContourData) // 3
     texts = [*header_texts(source), algorithm_name, algorithm_version, *(spec.name for spec in segments)]
     dataset.SpecificCharacterSet = character_set_for(source.get("SpecificCharacterSet"), texts) or "ISO_IR 6"
-    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
 
 
 def _reference_frames(dataset: pydicom.Dataset, reference_datasets: Sequence[pydicom.Dataset]) -> None:
