@@ -2,16 +2,17 @@
 and viewers without SEG support. rt-utils builds the structure set (modules, ROI, observation and
 contour items); OpenCV traces the contours; the contour geometry is computed here.
 
-Contours, per slice and label: a closed planar polygon through the centres of the boundary voxels
-of each 8-connected region, and one through the centres of the boundary voxels of each hole (the
-hole's own voxels, outside the label). Filled by the even-odd rule with their boundary included,
-as planning systems and rt-utils do, they give the label's voxels back exactly; a system that
-counts only voxel centres strictly inside sees each region up to half a voxel smaller. Every label
-is declared as an ROI with its model-card colour, even without voxels (then without contours).
+Contours, per slice and label: a closed planar polygon around each 8-connected region and one
+around each hole (traced around the hole's own voxels), a quarter voxel outside the centres of the
+boundary voxels (traced on the mask upsampled 2x). Filled by the even-odd rule they give the
+label's voxels back exactly both for systems that take the voxels whose centres lie inside and for
+those that round the vertices and include the boundary (rt-utils, OpenCV fillPoly). Every label is
+declared as an ROI with its model-card colour, even without voxels (then without contours).
 
 rt-utils 1.2.7's own mask-to-contour step is not used: it scales the row direction by
-PixelSpacing[0] (wrong for non-square pixels), and its hole contours run through the region's
-voxels, so filling them drops the voxels around each hole. Here a vertex at column c, row r of
+PixelSpacing[0] (wrong for non-square pixels), its hole contours run through the region's voxels
+(filling them drops the voxels around each hole), and its contours through the voxel centres lose
+the boundary voxels for centre-inside rasterisers. Here a vertex at column c, row r of
 slice k is IPP_k + c * PixelSpacing[1] * row direction + r * PixelSpacing[0] * column direction
 (PS3.3 C.7.6.2), on that slice's own plane. Slices split from one Enhanced MR instance are
 referenced as that instance and frame.
@@ -47,14 +48,18 @@ MANUFACTURER = "SegMamba node"
 
 
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
-    """Closed contours of a 2D mask ([row, column]) as (column, row) vertex arrays: region outlines, then holes."""
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    holes = (ndimage.binary_fill_holes(mask) & ~mask.astype(bool)).astype(np.uint8)
-    outlines, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    """Closed contours of a 2D mask ([row, column]) as (column, row) vertex arrays: region outlines, then holes.
+
+    Traced on the mask upsampled 2x, so each vertex lies a quarter voxel outside the centres of the
+    boundary voxels (of the region, or of the hole for a hole outline).
+    """
+    fine = np.ascontiguousarray(np.asarray(mask, dtype=bool).repeat(2, axis=0).repeat(2, axis=1), dtype=np.uint8)
+    holes = (ndimage.binary_fill_holes(fine) & ~fine.astype(bool)).astype(np.uint8)
+    outlines, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     parents = hierarchy[0][:, 3] if hierarchy is not None else []
     regions = [c for c, parent in zip(outlines, parents, strict=True) if parent < 0]  # not the holes
-    hole_outlines, _ = cv2.findContours(holes, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return [contour.reshape(-1, 2).astype(np.float64) for contour in (*regions, *hole_outlines)]
+    hole_outlines, _ = cv2.findContours(holes, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [(contour.reshape(-1, 2).astype(np.float64) - 0.5) / 2.0 for contour in (*regions, *hole_outlines)]
 
 
 def patient_points(vertices: np.ndarray, dataset: pydicom.Dataset) -> list[float]:

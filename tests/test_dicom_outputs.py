@@ -16,6 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from matplotlib.path import Path as MplPath
 
 from app.cli import main
 from app.config import load_settings
@@ -36,11 +37,11 @@ REFERENCES = {
 }
 
 
-def run_batch(study_dir: Path, out: Path, environment: dict[str, str]) -> dict[str, Any]:
+def run_batch(study_dir: Path, out: Path, environment: dict[str, str], options: tuple[str, ...] = ()) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in environment.items():
             patch.setenv(name, value)
-        code = main(["-i", str(study_dir), "-o", str(out), "-m", str(THRESHOLD_MODEL), "--no-progress"])
+        code = main(["-i", str(study_dir), "-o", str(out), "-m", str(THRESHOLD_MODEL), "--no-progress", *options])
     assert code == 0
     return json.loads((out / "report.json").read_text())
 
@@ -138,8 +139,13 @@ def test_sr_is_valid_and_holds_the_report_volumes(
     assert {str(seg.SOPInstanceUID), *result["t1c"]} <= evidence
 
 
-def rasterise(structure: pydicom.Dataset, roi_number: int, sources: dict[str, pydicom.Dataset]) -> dict[str, Any]:
-    """Contours of one ROI filled on their slices (even-odd rule, boundary included): SOP UID -> [row, column] mask.
+def rasterise(
+    structure: pydicom.Dataset, roi_number: int, sources: dict[str, pydicom.Dataset], rule: str
+) -> dict[str, Any]:
+    """Contours of one ROI filled on their slices by the even-odd rule: SOP UID -> [row, column] mask.
+
+    ``rule``: "centres" takes the voxels whose centres lie inside a polygon (matplotlib), "rounded"
+    rounds the vertices and includes the boundary (OpenCV fillPoly, as rt-utils reads contours back).
 
     Points are placed on each slice by its own header (PS3.3 C.7.6.2: column along the row direction times
     PixelSpacing[1], row along the column direction times PixelSpacing[0]); each must lie in the slice's plane.
@@ -159,13 +165,19 @@ def rasterise(structure: pydicom.Dataset, roi_number: int, sources: dict[str, py
         row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
         pixels = np.stack([points @ row_dir / column_spacing, points @ col_dir / row_spacing], axis=1)
         filled = np.zeros((int(ds.Rows), int(ds.Columns)), np.uint8)
-        cv2.fillPoly(filled, [np.round(pixels).astype(np.int32)], 1)
+        if rule == "rounded":
+            cv2.fillPoly(filled, [np.round(pixels).astype(np.int32)], 1)
+        else:
+            rows, columns = np.mgrid[0:filled.shape[0], 0:filled.shape[1]]
+            centres = np.stack([columns.ravel(), rows.ravel()], axis=1)
+            filled[:] = MplPath(pixels).contains_points(centres).reshape(filled.shape)
         masks[uid] = masks.get(uid, np.zeros_like(filled)) ^ filled
     return masks
 
 
+@pytest.mark.parametrize("rule", ["centres", "rounded"])
 def test_rtstruct_is_valid_and_its_contours_give_back_the_seg(
-    result: dict[str, Any], dciodvfy_errors: Callable[[Path], list[str]]
+    result: dict[str, Any], rule: str, dciodvfy_errors: Callable[[Path], list[str]]
 ) -> None:
     path = result["out"] / "rtstruct.dcm"
     assert dciodvfy_errors(path) == []
@@ -181,10 +193,10 @@ def test_rtstruct_is_valid_and_its_contours_give_back_the_seg(
     for segment in seg.SegmentSequence:
         name, number = str(segment.SegmentLabel), int(segment.SegmentNumber)
         truth = seg.get_pixels_by_source_instance(uids, segment_numbers=[number])[..., 0] > 0
-        masks = rasterise(structure, rois[name], t1c)
+        masks = rasterise(structure, rois[name], t1c, rule)
         back = np.stack([masks.get(uid, np.zeros(truth.shape[1:], np.uint8)) > 0 for uid in uids])
         dice = 2.0 * (truth & back).sum() / max(truth.sum() + back.sum(), 1)
-        print(f"RTSTRUCT Dice {name}: {dice:.4f}")
+        print(f"RTSTRUCT Dice ({rule}) {name}: {dice:.4f}")
         assert truth.sum() > 0 and dice >= 0.95, (name, dice)
         roi = next(r for r in structure.ROIContourSequence if int(r.ReferencedROINumber) == rois[name])
         assert [int(c) for c in roi.ROIDisplayColor] == CARD_COLOURS[name]
@@ -224,6 +236,34 @@ def test_outputs_follow_their_switches(small_study: Any, tmp_path: Path) -> None
     assert (defaults.output_rtstruct, defaults.output_sc) == (False, False)
     chosen = load_settings(environ={"SEGMAMBA_OUTPUT_SR": "off", "SEGMAMBA_OUTPUT_SC": "1"})
     assert (chosen.output_sr, chosen.output_rtstruct, chosen.output_sc) == (False, False, True)
-    report = run_batch(small_study.series[0].files[0].parent, tmp_path / "out", {"SEGMAMBA_OUTPUT_SR": "false"})
+    study_dir = small_study.series[0].files[0].parent
+    report = run_batch(study_dir, tmp_path / "out", {"SEGMAMBA_OUTPUT_SR": "false"})
     assert [o["kind"] for o in report["outputs"]] == ["seg"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["preview.png", "report.json", "segmentation.dcm"]
+    report = run_batch(study_dir, tmp_path / "cli", {"SEGMAMBA_OUTPUT_SR": "false"}, ("--output-rtstruct",))
+    assert [o["kind"] for o in report["outputs"]] == ["seg", "rtstruct"]  # the command line over the environment
+
+
+def test_a_study_without_tumour_gets_valid_empty_outputs(
+    tmp_path: Path, dciodvfy_errors: Callable[[Path], list[str]]
+) -> None:
+    """Zero volumes in the SR, ROIs declared without contours, one overlay image (the middle slice)."""
+    small = dict(rows=48, columns=44, slices=24, pixel_spacing=(4.0, 4.4), slice_thickness=6.0)
+    specs = [SeriesSpec("t1n", "t1_mprage_sag_p2_iso", "sagittal", **small),
+             SeriesSpec("t1c", "AX T1 POST GAD", "axial", **small),
+             SeriesSpec("t2w", "Ax T2 FSE", "axial", **small),
+             SeriesSpec("t2f", "Ax T2 FLAIR", "axial", **small)]
+    write_study(tmp_path / "in", Phantom(center=(2.0, -8.0, 15.0), lesion=None), specs, seed=3)
+    report = run_batch(tmp_path / "in", tmp_path / "out", ALL_OUTPUTS)
+    out = tmp_path / "out"
+    assert report["regions"]["WT"]["volume_ml"] == 0.0
+    assert [o["kind"] for o in report["outputs"]] == ["seg", "sr", "rtstruct", "sc"]
+    for name in ("measurement-report.dcm", "rtstruct.dcm", *next(o for o in report["outputs"]
+                                                                 if o["kind"] == "sc")["files"]):
+        assert dciodvfy_errors(out / name) == [], name
+    dump = dsrdump(out / "measurement-report.dcm")
+    assert dump.returncode == 0 and dump.stdout.count('="0.0" (mL,UCUM,"milliliter")') == 6, dump.stdout
+    structure = pydicom.dcmread(out / "rtstruct.dcm")
+    assert len(structure.StructureSetROISequence) == 3
+    assert not any("ContourSequence" in roi for roi in structure.ROIContourSequence)
+    assert len(next(o for o in report["outputs"] if o["kind"] == "sc")["files"]) == 1
