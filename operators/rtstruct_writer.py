@@ -27,16 +27,15 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian
-from rt_utils import ds_helper
-from rt_utils.utils import ROIData
 from scipy import ndimage
 
 from operators.dicom_files import save_atomically
+from operators.errors import ConfigurationError
 from operators.multiframe import frame_source
 from operators.results import StagedOutputOperator, StagedResults
 from operators.seg_header import character_set_for, clean_source_header, header_texts
@@ -47,12 +46,26 @@ SERIES_NUMBER = 9002
 MANUFACTURER = "SegMamba node"
 
 
+def _libraries() -> tuple[Any, Any, Any]:
+    """(cv2, rt_utils.ds_helper, rt_utils.utils.ROIData), imported only when an RTSTRUCT is written:
+    OpenCV needs libGL.so.1 and libglib-2.0 (Debian libgl1, libglib2.0-0), which slim images lack."""
+    try:
+        import cv2
+        from rt_utils import ds_helper
+        from rt_utils.utils import ROIData
+    except ImportError as error:
+        raise ConfigurationError(f"output_rtstruct needs rt-utils and OpenCV, which do not import here: {error}"
+                                 " (install requirements.txt; OpenCV needs libGL.so.1 and libglib-2.0)") from error
+    return cv2, ds_helper, ROIData
+
+
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed contours of a 2D mask ([row, column]) as (column, row) vertex arrays: region outlines, then holes.
 
     Traced on the mask upsampled 2x, so each vertex lies a quarter voxel outside the centres of the
     boundary voxels (of the region, or of the hole for a hole outline).
     """
+    cv2 = _libraries()[0]
     fine = np.ascontiguousarray(np.asarray(mask, dtype=bool).repeat(2, axis=0).repeat(2, axis=1), dtype=np.uint8)
     holes = (ndimage.binary_fill_holes(fine) & ~fine.astype(bool)).astype(np.uint8)
     outlines, hierarchy = cv2.findContours(fine, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
@@ -80,6 +93,7 @@ def write_structure_set(
     in slice order) as an RT Structure Set in the reference study; written atomically."""
     if labels.shape[2] != len(reference_datasets):
         raise ValueError(f"label map has {labels.shape[2]} slices, the reference series {len(reference_datasets)}")
+    _cv2, ds_helper, ROIData = _libraries()
     series = [clean_source_header(ds) for ds in reference_datasets]
     with _quiet_pydicom():  # rt-utils sets FileDataset.is_little_endian, deprecated in pydicom 3
         dataset = ds_helper.create_rtstruct_dataset(series)
