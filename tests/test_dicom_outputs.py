@@ -267,3 +267,26 @@ def test_a_study_without_tumour_gets_valid_empty_outputs(
     assert len(structure.StructureSetROISequence) == 3
     assert not any("ContourSequence" in roi for roi in structure.ROIContourSequence)
     assert len(next(o for o in report["outputs"] if o["kind"] == "sc")["files"]) == 1
+
+
+def test_sr_references_a_label_without_voxels_by_its_segment_and_source_series(
+    small_study: Any, brats_segments: list[Any], tmp_path: Path, dciodvfy_errors: Callable[[Path], list[str]]
+) -> None:
+    """A SEG omits the frames of an empty segment: the SR still names that segment, with the source series."""
+    from operators.seg_writer import write_segmentation
+    from operators.sr_writer import write_measurement_report
+    from operators.volume import sort_slices
+
+    t1c = sort_slices([pydicom.dcmread(f) for f in small_study.by_description("AX T1 POST GAD").files])
+    labels = np.zeros((int(t1c[0].Columns), int(t1c[0].Rows), len(t1c)), np.uint8)
+    labels[10:20, 12:22, 5:9] = 2  # oedema only
+    write_segmentation(labels, t1c, brats_segments, "test-model", "1.0", tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    report = {"labels": {s.name: {"label": s.label, "volume_ml": 6.4 if s.label == 2 else 0.0} for s in brats_segments},
+              "regions": {"WT": {"labels": [1, 2, 3], "volume_ml": 6.4}}}
+    write_measurement_report(seg, report, t1c, "test-model", "1.0", tmp_path / "sr.dcm")
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    dump = dsrdump(tmp_path / "sr.dcm")
+    assert dump.returncode == 0 and not dump.stderr, dump.stderr
+    assert dump.stdout.count('"Referenced Segment"') == 3
+    assert f'"Source Series for Segmentation")="{t1c[0].SeriesInstanceUID}"' in dump.stdout  # the empty segments
