@@ -1,10 +1,14 @@
-"""The application: the operator chain from a DICOM study to a DICOM-SEG, composed once.
+"""The application: the operator chain from a DICOM study to its DICOM results, composed once.
 
-    load study -> select series -> build model input -> infer -> write SEG, report, preview
+    load study -> select series -> build model input -> infer -> write SEG, report, preview (staged)
+        -> [SR] -> [RTSTRUCT] -> [SC overlay] -> publish (report.json lists the outputs; files moved into place)
+
+The bracketed outputs are switched by the settings output_sr, output_rtstruct, output_sc.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,12 @@ from app.config import Settings
 from operators.inference import SegmentationOperator
 from operators.model_card import ModelCard
 from operators.model_input import ModelInputOperator
-from operators.results import ResultFiles, ResultWriterOperator
+from operators.overlay_writer import OverlayOperator
+from operators.results import PublishOperator, ResultFiles, ResultWriterOperator
+from operators.rtstruct_writer import StructureSetOperator
 from operators.segmenters import Segmenter
 from operators.series_selection.operator import DicomSeriesSelector
+from operators.sr_writer import MeasurementReportOperator
 from operators.study_loader import StrictDicomLoader
 from operators.timing import TimedCompute
 
@@ -42,6 +49,22 @@ class _TimedWriter(TimedCompute, ResultWriterOperator):
     stage = "write"
 
 
+class _TimedReport(TimedCompute, MeasurementReportOperator):
+    stage = "write"
+
+
+class _TimedStructureSet(TimedCompute, StructureSetOperator):
+    stage = "write"
+
+
+class _TimedOverlay(TimedCompute, OverlayOperator):
+    stage = "write"
+
+
+class _TimedPublish(TimedCompute, PublishOperator):
+    stage = "write"
+
+
 class SegmentationApp(Application):
     """One study in (a folder of DICOM files), its segmentation results out.
 
@@ -54,7 +77,7 @@ class SegmentationApp(Application):
         self.card = card
         self.segmenter = segmenter
         self.stage_times: dict[str, float] = {}
-        self._writer: ResultWriterOperator | None = None
+        self._publish: PublishOperator | None = None
         super().__init__([__file__], **kwargs)
 
     def compose(self) -> None:
@@ -70,9 +93,14 @@ class SegmentationApp(Application):
         write = _TimedWriter(
             self, card=self.card, output_dir=Path(settings.output), stage_times=self.stage_times, name="write_results"
         )
-        for operator in (load_study, select_series, build_input, infer, write):
+        optional = [(settings.output_sr, _TimedReport, "write_sr"),
+                    (settings.output_rtstruct, _TimedStructureSet, "write_rtstruct"),
+                    (settings.output_sc, _TimedOverlay, "write_sc_overlay")]
+        outputs = [kind(self, name=name) for wanted, kind, name in optional if wanted]
+        publish = _TimedPublish(self, stage_times=self.stage_times, name="publish_results")
+        for operator in (load_study, select_series, build_input, infer, write, *outputs, publish):
             operator.stage_times = self.stage_times
-        self._writer = write
+        self._publish = publish
 
         self.add_flow(load_study, select_series, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(
@@ -81,8 +109,11 @@ class SegmentationApp(Application):
         )
         self.add_flow(build_input, infer, {("model_input", "model_input")})
         self.add_flow(infer, write, {("prediction", "prediction")})
+        chain = [write, *outputs, publish]
+        for upstream, downstream in itertools.pairwise(chain):
+            self.add_flow(upstream, downstream, {("results", "results")})
 
     @property
     def results(self) -> ResultFiles | None:
         """The files written by the last run (None before a successful run)."""
-        return self._writer.written if self._writer else None
+        return self._publish.written if self._publish else None

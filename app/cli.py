@@ -33,6 +33,10 @@ def _setting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar during inference (default on)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    for option, text in (("--output-sr", "TID 1500 SR of the volumes, measurement-report.dcm (default on)"),
+                         ("--output-rtstruct", "RT Structure Set of the contours, rtstruct.dcm (default off)"),
+                         ("--output-sc", "Secondary Capture overlay series, overlay/*.dcm (default off)")):
+        parser.add_argument(option, action=argparse.BooleanOptionalAction, default=None, help=text)
 
 
 # The DICOM node's settings: (option, type, help). Each fills the Settings field of the same name.
@@ -160,7 +164,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "workdir", "models", "device", "reference_role", "series_rules", "sw_batch_size",
-            "mirror_tta", "progress", "log_level")
+            "mirror_tta", "progress", "log_level", "output_sr", "output_rtstruct", "output_sc")
     keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
     return {key: getattr(args, key, None) for key in keys}
 

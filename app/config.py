@@ -30,7 +30,8 @@ PATH_FIELDS = ("input", "output", "models", "workdir", "series_rules", "spool", 
 OPTIONAL_FIELDS = ("series_rules", "sw_batch_size", "mirror_tta", "inbox", "tls_cert", "tls_key", "tls_ca",
                    "http_token", "http_user", "http_password", "logs")
 LOG_FORMATS = ("text", "json")
-BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert", "http_auth", "show_phi")
+BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert", "http_auth", "show_phi", "output_sr",
+               "output_rtstruct", "output_sc")
 # Node settings: (minimum) per number; ints and floats both must be >= their minimum.
 INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "max_associations": 1,
               "max_study_instances": 1, "max_study_mb": 1,
@@ -69,6 +70,10 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     logs: Path | None = None
+    # DICOM outputs besides the SEG (each its own series in the study; listed in report.json "outputs")
+    output_sr: bool = True
+    output_rtstruct: bool = False
+    output_sc: bool = False
     # The DICOM node (``python -m app serve``); see app.yaml for each setting's meaning.
     ae_title: str = "SEGMAMBA"
     port: int = 11112

@@ -7,7 +7,8 @@ from typing import Any
 
 
 class TimedCompute:
-    """Mixin for a MONAI Deploy operator: records compute()'s wall time as ``stage_times[stage]``.
+    """Mixin for a MONAI Deploy operator: adds compute()'s wall time to ``stage_times[stage]``
+    (several operators may share a stage: the output writers all count as "write").
 
     Put it first in the bases; set ``stage`` and ``stage_times`` after construction.
     """
@@ -20,4 +21,4 @@ class TimedCompute:
         try:
             super().compute(op_input, op_output, context)  # type: ignore[misc]
         finally:
-            self.stage_times[self.stage] = time.perf_counter() - started
+            self.stage_times[self.stage] = self.stage_times.get(self.stage, 0.0) + time.perf_counter() - started

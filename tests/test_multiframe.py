@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -269,11 +270,14 @@ def _voxels_by_position(seg: Any) -> dict[tuple[int, tuple[float, ...]], int]:
 
 def test_study_of_enhanced_mr_series_is_segmented(
     small_study: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    dciodvfy_errors: Callable[[Path], list[str]],
+    dciodvfy_errors: Callable[[Path], list[str]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Through `python -m app`: four Enhanced MR files (one per series) are selected like classic series
-    and the SEG references the T1c's multi-frame instance."""
+    and the SEG, SR, RTSTRUCT and SC overlay reference the T1c's multi-frame instance (and its frames)."""
     from app.cli import main
+
+    monkeypatch.setenv("SEGMAMBA_OUTPUT_RTSTRUCT", "true")
+    monkeypatch.setenv("SEGMAMBA_OUTPUT_SC", "true")
 
     folder = tmp_path / "in"
     originals = {}
@@ -293,6 +297,22 @@ def test_study_of_enhanced_mr_series_is_segmented(
     referenced = seg.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == t1c.SeriesInstanceUID
     assert [item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence] == [t1c.SOPInstanceUID]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    files = {o["kind"]: [tmp_path / "out" / name for name in o["files"]] for o in report["outputs"]}
+    assert sorted(files) == ["rtstruct", "sc", "seg", "sr"]
+    for path in (*files["sr"], *files["rtstruct"], files["sc"][0]):
+        assert dciodvfy_errors(path) == [], path
+    structure = pydicom.dcmread(files["rtstruct"][0])
+    images = [image for roi in structure.ROIContourSequence for contour in roi.get("ContourSequence", [])
+              for image in contour.ContourImageSequence]
+    assert images and {i.ReferencedSOPInstanceUID for i in images} == {t1c.SOPInstanceUID}
+    assert {int(i.ReferencedFrameNumber) for i in images} <= set(range(1, int(t1c.NumberOfFrames) + 1))
+    overlay = pydicom.dcmread(files["sc"][0], stop_before_pixels=True).SourceImageSequence[0]
+    assert overlay.ReferencedSOPInstanceUID == t1c.SOPInstanceUID and int(overlay.ReferencedFrameNumber) >= 1
+    evidence = pydicom.dcmread(files["sr"][0]).CurrentRequestedProcedureEvidenceSequence[0]
+    referenced_uids = {i.ReferencedSOPInstanceUID for series in evidence.ReferencedSeriesSequence
+                       for i in series.ReferencedSOPSequence}
+    assert {t1c.SOPInstanceUID, seg.SOPInstanceUID} <= referenced_uids
 
 
 def test_split_frames_share_no_mutable_elements(classic: list[Dataset], tmp_path: Path) -> None:
