@@ -89,9 +89,10 @@ DOCKERFILE_ADDITIONS = """
 USER root
 # Triton (in PyPI's CUDA torch) compiles a C launcher at its first GPU use: it needs gcc and Python.h.
 # (Without them the 'auto' scan backend falls back to the chunked one, with one warning.)
+# OpenCV (rt-utils, for the optional RT Structure Set) loads libGL and libglib at import.
 RUN apt-get update \\
     && apt-get install -y --no-install-recommends --no-install-suggests gcc libc6-dev \\
-        python3-dev=${{PYTHON_VERSION}} \\
+        python3-dev=${{PYTHON_VERSION}} libgl1 libglib2.0-0 \\
     && rm -rf /var/lib/apt/lists/*
 # Entry point that runs the application with exec: its exit status and signals are kept
 # (the packager's /var/holoscan/tools always exits 0).

@@ -224,6 +224,7 @@ def test_dockerfile_gives_triton_a_compiler_and_any_uid_its_folders(context: Pat
     text = (context / "Dockerfile").read_text()
     additions = text[text.index("segmamba-node additions"):]
     assert re.search(r"apt-get install [^\n]*gcc libc6-dev \\\n\s+python3-dev=\$\{PYTHON_VERSION\}", additions)
+    assert "libgl1 libglib2.0-0" in additions, "OpenCV (RTSTRUCT output) needs libGL and libglib in the image"
     folders = ("/var/holoscan/input", "/var/holoscan/output", "/var/holoscan/spool", "/var/holoscan/logs")
     mkdir = next(line for line in additions.splitlines() if "mkdir -p" in line)
     assert all(folder in mkdir for folder in folders)
