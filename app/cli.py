@@ -292,7 +292,7 @@ def build_requeue_parser() -> argparse.ArgumentParser:
 
 def _requeue(args: argparse.Namespace) -> int:
     """``python -m app requeue STUDY...``: put the studies' jobs back in the queue; 2 if one is not found."""
-    from operators.journal import Journal
+    from app.node.state.journal import Journal
 
     try:
         settings = load_settings(args.config, overrides={"spool": args.spool})

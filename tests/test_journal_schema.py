@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from app.node.state.journal import JOB_COLUMNS, SCHEMA, SCHEMA_VERSION, Journal
 from operators.errors import ConfigurationError
-from operators.journal import JOB_COLUMNS, SCHEMA, SCHEMA_VERSION, Journal
 
 
 def first_release_journal(path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from operators.journal import InstanceRecord, Journal
-from operators.study_completion import CompletionPolicy, readiness, series_gap
+from app.node.completion import CompletionPolicy, readiness, series_gap
+from app.node.state.journal import InstanceRecord, Journal
 from tests.node_peers import NodeProcess, Orthanc, copy_as_new_study, send_study, wait_for, write_small_study
 
 FLAIR = "Ax T2 FLAIR"

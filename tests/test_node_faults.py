@@ -139,9 +139,9 @@ def test_worker_dies_with_the_node_and_temporaries_go_at_start(tmp_path: Path) -
 
 
 def test_retention_prunes_journal_rows_of_purged_studies(tmp_path: Path) -> None:
-    from operators.journal import InstanceRecord, Journal
-    from operators.retention import clean_spool, remove_temporaries
-    from operators.spool import Spool
+    from app.node.state.journal import InstanceRecord, Journal
+    from app.node.state.retention import clean_spool, remove_temporaries
+    from app.node.state.spool import Spool
 
     now = [1000.0]
     spool = Spool(tmp_path / "spool")

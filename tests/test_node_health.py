@@ -16,9 +16,9 @@ from app.cli import main
 from app.config import Settings
 from app.node.executor import Outcome, WorkerUnavailable
 from app.node.service import Node
+from app.node.state.journal import InstanceRecord, Journal
+from app.node.state.spool import Spool
 from app.node.worker import Worker
-from operators.journal import InstanceRecord, Journal
-from operators.spool import Spool
 from tests.node_peers import Clock, NodeProcess, free_port, wait_for, write_small_study
 
 

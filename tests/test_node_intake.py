@@ -19,8 +19,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from operators import intake as intake_module
-from operators.intake import (
+from app.node.receive import intake as intake_module
+from app.node.receive.intake import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
     OUT_OF_RESOURCES,
@@ -30,9 +30,9 @@ from operators.intake import (
     Intake,
     Limits,
 )
-from operators.journal import Journal
-from operators.quarantine import Quarantine
-from operators.spool import Spool
+from app.node.receive.quarantine import Quarantine
+from app.node.state.journal import Journal
+from app.node.state.spool import Spool
 from tests.node_peers import write_small_study
 
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -9,10 +9,10 @@ from typing import Any
 import pydicom
 import pytest
 
-from operators.intake import Intake
-from operators.journal import Journal
-from operators.spool import Spool
-from operators.study_completion import CompletionChecker, CompletionPolicy
+from app.node.completion import CompletionChecker, CompletionPolicy
+from app.node.receive.intake import Intake
+from app.node.state.journal import Journal
+from app.node.state.spool import Spool
 from tests.node_peers import (
     Clock,
     NodeProcess,

@@ -15,16 +15,16 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from app.node.completion import CompletionChecker, CompletionPolicy, readiness
 from app.node.executor import OOM, PERMANENT, TRANSIENT, after_out_of_memory, classify
+from app.node.receive.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_LIMIT, Intake, Limits
+from app.node.receive.storage_scp import ScpConfig, StorageSCP
+from app.node.send.result_sender import backoff
+from app.node.state.journal import InstanceRecord, Journal
+from app.node.state.retention import clean_spool
+from app.node.state.spool import Spool, UnsafeUID, checked_uid, write_atomic
 from operators.errors import StudyError
-from operators.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_LIMIT, Intake, Limits
-from operators.journal import InstanceRecord, Journal
-from operators.result_sender import backoff
-from operators.retention import clean_spool
 from operators.series_selection import SeriesSelectionError
-from operators.spool import Spool, UnsafeUID, checked_uid, write_atomic
-from operators.storage_scp import ScpConfig, StorageSCP
-from operators.study_completion import CompletionChecker, CompletionPolicy, readiness
 from tests.node_peers import Clock, free_port, write_small_study
 
 

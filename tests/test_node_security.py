@@ -24,13 +24,13 @@ from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[at
 
 from app.config import Settings
 from app.node.metrics import NodeMetrics
+from app.node.receive.intake import Intake
+from app.node.receive.storage_scp import ScpConfig, StorageSCP, scp_ssl_context, server_ssl_context
+from app.node.send.storage_scu import client_ssl_context
+from app.node.state.journal import InstanceRecord, Journal
+from app.node.state.spool import Spool
 from app.node.web import NodeWebServer, WebAccess, mask, web_access
 from operators.errors import ConfigurationError
-from operators.intake import Intake
-from operators.journal import InstanceRecord, Journal
-from operators.spool import Spool
-from operators.storage_scp import ScpConfig, StorageSCP, scp_ssl_context, server_ssl_context
-from operators.storage_scu import client_ssl_context
 from tests.node_peers import REPO, free_port, write_small_study
 
 PATIENT_ID, ACCESSION, PATIENT_NAME = "PID-4471-0923", "ACC-99812", "Doe^Jane"

@@ -12,9 +12,9 @@ import pytest
 
 from app.config import Settings
 from app.node.executor import JobExecutor, WorkerStopped
+from app.node.state.journal import InstanceRecord, Journal
+from app.node.state.spool import Spool
 from app.node.worker import Worker
-from operators.journal import InstanceRecord, Journal
-from operators.spool import Spool
 
 
 def hanging_child(connection: Connection, _settings: Settings, _parent_pid: int | None = None) -> None:

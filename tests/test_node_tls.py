@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from operators.intake import Intake
-from operators.journal import Journal
-from operators.spool import Spool
-from operators.storage_scp import ScpConfig, StorageSCP, server_ssl_context
-from operators.storage_scu import Destination, DestinationUnavailable, client_ssl_context, send_files
+from app.node.receive.intake import Intake
+from app.node.receive.storage_scp import ScpConfig, StorageSCP, server_ssl_context
+from app.node.send.storage_scu import Destination, DestinationUnavailable, client_ssl_context, send_files
+from app.node.state.journal import Journal
+from app.node.state.spool import Spool
 from tests.node_peers import free_port, write_small_study
 
 

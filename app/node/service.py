@@ -28,19 +28,19 @@ from typing import Any
 import pydicom
 
 from app.config import Settings
+from app.node.completion import CompletionChecker, CompletionPolicy
 from app.node.executor import JobExecutor, Outcome, WorkerStopped
 from app.node.metrics import NodeMetrics
+from app.node.receive.inbox import Inbox
+from app.node.receive.intake import CANNOT_UNDERSTAND, Intake, IntakeResult, Limits
+from app.node.receive.storage_scp import ScpConfig, StorageSCP, scp_ssl_context
+from app.node.send.result_sender import ResultSender
+from app.node.send.storage_scu import Destination, client_ssl_context
+from app.node.state.journal import Journal
+from app.node.state.retention import clean_spool, remove_temporaries
+from app.node.state.spool import Spool
 from app.node.web import NodeWebServer, web_access
 from app.node.worker import Worker
-from operators.inbox import Inbox
-from operators.intake import CANNOT_UNDERSTAND, Intake, IntakeResult, Limits
-from operators.journal import Journal
-from operators.result_sender import ResultSender
-from operators.retention import clean_spool, remove_temporaries
-from operators.spool import Spool
-from operators.storage_scp import ScpConfig, StorageSCP, scp_ssl_context
-from operators.storage_scu import Destination, client_ssl_context
-from operators.study_completion import CompletionChecker, CompletionPolicy
 
 log = logging.getLogger("app.node")
 MODEL_RETRY_DELAY = 10.0  # seconds between attempts to start a worker whose model does not load

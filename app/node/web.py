@@ -39,8 +39,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.node.state.journal import Journal
 from operators.errors import ConfigurationError
-from operators.journal import Journal
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz")  # probes: no PHI, no authentication

@@ -37,9 +37,9 @@ import pydicom
 
 from app.logs import log_context
 from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, WorkerStopped, after_out_of_memory
-from operators.journal import Journal
-from operators.spool import Spool
-from operators.storage_scu import Destination
+from app.node.send.storage_scu import Destination
+from app.node.state.journal import Journal
+from app.node.state.spool import Spool
 
 log = logging.getLogger(__name__)
 JOURNAL_ERRORS = (sqlite3.Error, OSError)

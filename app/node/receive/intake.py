@@ -37,9 +37,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from operators.journal import InstanceRecord, Journal
-from operators.quarantine import Quarantine
-from operators.spool import Spool, UnsafeUID, checked_uid
+from app.node.receive.quarantine import Quarantine
+from app.node.state.journal import InstanceRecord, Journal
+from app.node.state.spool import Spool, UnsafeUID, checked_uid
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700

@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from operators.spool import write_atomic
+from app.node.state.spool import write_atomic
 
 log = logging.getLogger(__name__)
 

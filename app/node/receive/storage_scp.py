@@ -36,8 +36,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from app.node.receive.intake import CANNOT_UNDERSTAND, Expected, Intake, comment_text
 from operators.errors import ConfigurationError
-from operators.intake import CANNOT_UNDERSTAND, Expected, Intake, comment_text
 
 log = logging.getLogger(__name__)
 

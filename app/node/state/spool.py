@@ -4,7 +4,7 @@ Layout under the root (every name below is validated or generated here, never ta
 
     studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm   received instances
     jobs/<job id>/                                    a job's outputs (segmentation.dcm, report, preview)
-    journal.sqlite3                                   the journal (operators.journal)
+    journal.sqlite3                                   the journal (app.node.state.journal)
 """
 
 from __future__ import annotations

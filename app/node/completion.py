@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from app.node.state.journal import Journal
 from operators.errors import StudyError, one_line
-from operators.journal import Journal
 from operators.series_selection import SeriesSelectionError, select_series
 
 log = logging.getLogger(__name__)

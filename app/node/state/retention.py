@@ -7,8 +7,8 @@ import logging
 import os
 from pathlib import Path
 
-from operators.journal import Journal
-from operators.spool import Spool
+from app.node.state.journal import Journal
+from app.node.state.spool import Spool
 
 log = logging.getLogger(__name__)
 

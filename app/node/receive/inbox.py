@@ -19,7 +19,7 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from operators.intake import Intake
+from app.node.receive.intake import Intake
 
 log = logging.getLogger(__name__)
 

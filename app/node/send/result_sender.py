@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from operators.journal import Journal
-from operators.storage_scu import Destination, DestinationUnavailable, send_files
+from app.node.send.storage_scu import Destination, DestinationUnavailable, send_files
+from app.node.state.journal import Journal
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Receiving: the C-STORE SCP, the watched inbox, intake into the spool, quarantine."""

@@ -1,0 +1,1 @@
+"""Sending results: the outbox drained over C-STORE."""
