@@ -7,12 +7,12 @@ import json
 import logging
 import sys
 import textwrap
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, Settings, load_settings
+from app.logs import setup_logging
 from app.process_env import prepare_process
 
 EXIT_STUDY_FAILED = 2
@@ -169,16 +169,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key, None) for key in keys}
 
 
-def _configure_logging(settings: Settings, file_name: str = "segmamba.log") -> None:
-    from app.logs import configure_logging
-
-    level = settings.log_level
-    configure_logging(level, settings.log_format, settings.logs, file_name)
-    logging.getLogger("highdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
-    # holoscan (imported by monai) warns about the stack size at import; it runs fine on CPU
-    warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
-
-
 def _fail(error: BaseException, settings: Settings | None) -> int:
     """Print the one ``ERROR ...`` line of a failed run; a traceback only for a bug."""
     from operators.errors import ConfigurationError, StudyError, one_line
@@ -215,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if demo:
             overrides.update(input=args.dir / "input", output=args.dir / "output")
         settings = load_settings(args.config, overrides=overrides)
-        _configure_logging(settings)
+        setup_logging(settings)
         from app.batch import run_batch  # heavy imports (torch, monai, holoscan) after parsing
 
         if demo:
@@ -239,7 +229,7 @@ def _sub_command_settings(args: argparse.Namespace) -> Settings | None:
     except ConfigError as error:
         print(f"ERROR configuration: {error}", file=sys.stderr)
         return None
-    _configure_logging(settings)
+    setup_logging(settings)
     return settings
 
 

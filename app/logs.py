@@ -13,11 +13,16 @@ import contextvars
 import logging
 import logging.handlers
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pythonjsonlogger.json import JsonFormatter
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(processName)s/%(threadName)s]%(job)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(threadName)s %(message)s"
@@ -82,3 +87,12 @@ def configure_logging(level: str, log_format: str = "text", logs: Path | None = 
     logging.basicConfig(level=getattr(logging, level), handlers=handlers, force=True)
     if problem:
         logging.getLogger(__name__).warning(problem)
+
+
+def setup_logging(settings: Settings, file_name: str = "segmamba.log") -> None:
+    """Logging as ``settings`` say (level, format, logs folder), for the CLI and the worker process alike."""
+    level = settings.log_level
+    configure_logging(level, settings.log_format, settings.logs, file_name)
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, getattr(logging, level)))
+    # holoscan (imported by monai) warns about the stack size at import; it runs fine on CPU
+    warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from operators.brain_extraction import apply_mask, extract_brain, fraction_inside
 from operators.volume import ImageVolume
-from segmamba.synthetic.cases import CaseConfig
+from segmamba.synthetic import CaseConfig
 from segmamba.synthetic.phantom import Lesion
 from segmamba.synthetic.template import TemplateHead, load_template, random_template_head
 

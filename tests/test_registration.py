@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from operators.errors import StudyError
 from operators.registration import RegistrationLimits, RigidRegistration, check_registration, register_rigid
 from operators.volume import ImageVolume, resample_to_grid
-from segmamba.synthetic.cases import CaseConfig
+from segmamba.synthetic import CaseConfig
 from segmamba.synthetic.phantom import grid_points
 from segmamba.synthetic.template import TemplateHead, random_template_head
 

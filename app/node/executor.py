@@ -110,10 +110,9 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
     if parent_pid is not None:
         die_with_parent(parent_pid)
     from app.batch import load_model, process_study
-    from app.cli import _configure_logging
-    from app.logs import log_context
+    from app.logs import log_context, setup_logging
 
-    _configure_logging(settings, "segmamba-worker.log")
+    setup_logging(settings, "segmamba-worker.log")
     current = settings
     card, segmenter = load_model(current)
     connection.send(("ready",))

@@ -16,44 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
-from segmamba.synthetic.phantom import _LESION_SIGNAL, _TISSUE_SIGNAL, CONTRASTS, Lesion, Phantom, Tissue, grid_points
-from segmamba.synthetic.template import TemplateHead, _bias_terms, random_template_head
+from segmamba.synthetic.config import CaseConfig
+from segmamba.synthetic.phantom import CONTRASTS, LESION_SIGNAL, TISSUE_SIGNAL, Lesion, Phantom, Tissue, grid_points
+from segmamba.synthetic.template import TemplateHead, bias_terms, random_template_head
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 BRATS_SUFFIXES: tuple[str, ...] = (*CONTRASTS, "seg")
 INTENSITY_SCALE = 1000.0  # full signal (1.0) -> stored value before the per-scan random scale
-
-
-@dataclass(frozen=True)
-class CaseConfig:
-    """Ranges and probabilities of the random case generator.
-
-    anatomy "mni152" draws a `TemplateHead` (head_scale is then its scale per axis), "phantom"
-    the analytic ellipsoid head; rotation_deg, elastic_mm and mass_effect* apply to "mni152" only.
-    """
-
-    anatomy: Literal["mni152", "phantom"] = "mni152"
-    tumour_probability: float = 0.85
-    skull_strip_probability: float = 0.25
-    noisy_background_probability: float = 0.5
-    head_scale: tuple[float, float] = (0.88, 1.08)
-    head_shift_mm: float = 10.0
-    lesion_radius_mm: tuple[float, float] = (10.0, 32.0)
-    contrast_jitter: float = 0.12
-    intensity_scale: tuple[float, float] = (0.5, 2.0)
-    bias_amplitude: float = 0.25
-    noise_sigma: tuple[float, float] = (0.0, 0.035)
-    blur_sigma_mm: tuple[float, float] = (0.0, 1.2)
-    margin_mm: float = 6.0
-    rotation_deg: float = 10.0
-    elastic_mm: tuple[float, float] = (0.0, 4.0)
-    mass_effect_probability: float = 0.5
-    mass_effect: tuple[float, float] = (0.1, 0.35)
 
 
 @dataclass(frozen=True)
@@ -118,7 +91,7 @@ def _bias_field(shape: tuple[int, int, int], rng: np.random.Generator, amplitude
     """Smooth multiplicative field exp(quadratic polynomial), within exp(+-amplitude)."""
     axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
-    terms = _bias_terms(x, y, z)
+    terms = bias_terms(x, y, z)
     coefficients = rng.uniform(-1.0, 1.0, size=len(terms))
     coefficients *= amplitude / np.abs(coefficients).sum()
     log_field = sum(float(c) * t for c, t in zip(coefficients, terms, strict=True))
@@ -147,8 +120,8 @@ def generate_case(seed: int, config: CaseConfig = CaseConfig(), name: str | None
     images: dict[str, np.ndarray] = {}
     for contrast in CONTRASTS:
         jitter = 1.0 + config.contrast_jitter * rng.uniform(-1.0, 1.0, size=7 + 3)
-        tissue_signal = np.asarray(_TISSUE_SIGNAL[contrast], dtype=np.float32) * jitter[:7].astype(np.float32)
-        lesion_signal = np.asarray((0.0, *_LESION_SIGNAL[contrast]), dtype=np.float32)
+        tissue_signal = np.asarray(TISSUE_SIGNAL[contrast], dtype=np.float32) * jitter[:7].astype(np.float32)
+        lesion_signal = np.asarray((0.0, *LESION_SIGNAL[contrast]), dtype=np.float32)
         lesion_signal[1:] *= jitter[7:].astype(np.float32)
         signal = np.where(label > 0, lesion_signal[label], tissue_signal[tissue]).astype(np.float32)
         signal *= _bias_field(shape, rng, config.bias_amplitude)

@@ -35,14 +35,14 @@ class Tissue(IntEnum):
 
 
 # Relative signal (0..1) per tissue, then per lesion label, for each contrast.
-_TISSUE_SIGNAL: dict[str, tuple[float, ...]] = {
+TISSUE_SIGNAL: dict[str, tuple[float, ...]] = {
     #       bg    scalp skull CSF   GM    WM    ventr.
     "t1n": (0.0, 0.85, 0.08, 0.15, 0.55, 0.75, 0.12),
     "t1c": (0.0, 0.85, 0.08, 0.15, 0.55, 0.75, 0.12),
     "t2w": (0.0, 0.55, 0.05, 1.00, 0.55, 0.40, 1.00),
     "t2f": (0.0, 0.50, 0.05, 0.08, 0.55, 0.40, 0.06),
 }
-_LESION_SIGNAL: dict[str, tuple[float, float, float]] = {
+LESION_SIGNAL: dict[str, tuple[float, float, float]] = {
     #       NCR   SNFH  ET
     "t1n": (0.30, 0.45, 0.50),
     "t1c": (0.25, 0.45, 1.00),
@@ -148,8 +148,8 @@ class Phantom:
             label = np.where(intracranial, self.lesion.labels(points_lps), 0).astype(np.uint8)
         result: dict[str, np.ndarray] = {}
         for contrast in CONTRASTS:
-            signal = np.asarray(_TISSUE_SIGNAL[contrast], dtype=np.float32)[tissue]
-            lesion_signal = np.asarray((0.0, *_LESION_SIGNAL[contrast]), dtype=np.float32)[label]
+            signal = np.asarray(TISSUE_SIGNAL[contrast], dtype=np.float32)[tissue]
+            lesion_signal = np.asarray((0.0, *LESION_SIGNAL[contrast]), dtype=np.float32)[label]
             result[contrast] = np.where(label > 0, lesion_signal, signal)
         result["label"] = label
         return result

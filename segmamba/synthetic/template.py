@@ -18,22 +18,19 @@ import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from segmamba.synthetic.phantom import _LESION_SIGNAL, _TISSUE_SIGNAL, CONTRASTS, Lesion, grid_points
-
-if TYPE_CHECKING:
-    from segmamba.synthetic.cases import CaseConfig
+from segmamba.synthetic.config import CaseConfig
+from segmamba.synthetic.phantom import CONTRASTS, LESION_SIGNAL, TISSUE_SIGNAL, Lesion, grid_points
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0])
 CLASSES: tuple[str, ...] = ("scalp", "skull", "csf", "grey", "white", "necrosis", "oedema", "enhancing")
 # Relative signal (0..1) per class and contrast: the phantom's tissue and lesion tables.
 _CLASS_SIGNAL: dict[str, np.ndarray] = {
-    c: np.array([*_TISSUE_SIGNAL[c][1:6], *_LESION_SIGNAL[c]], dtype=np.float32) for c in CONTRASTS
+    c: np.array([*TISSUE_SIGNAL[c][1:6], *LESION_SIGNAL[c]], dtype=np.float32) for c in CONTRASTS
 }
 _DISTANCE_SPACING = 2.0  # mm, grid of the signed distance to the intracranial hull
 _DISTANCE_PAD = 24.0  # mm added around the template box for the skull and scalp shells
@@ -108,7 +105,7 @@ def load_template() -> _Template:
                      distance_origin=distance_origin, centroid=centroid, outline=outline, candidates=candidates)
 
 
-def _bias_terms(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
+def bias_terms(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> list[np.ndarray]:
     """The monomials of a quadratic bias polynomial (phantom cases and template heads share them)."""
     return [x, y, z, x * y, y * z, z * x, x * x, y * y, z * z]
 
@@ -258,7 +255,7 @@ class TemplateHead:
             inside = np.flatnonzero((np.einsum("ij,ij->i", offset, offset) < reach * reach) & (intracranial >= 0.5))
             label[inside] = self.lesion.labels(points64[inside])
         relative = (points - np.asarray(self.center, dtype=np.float32)) / np.float32(_BIAS_RADIUS)
-        terms = _bias_terms(relative[:, 0], relative[:, 1], relative[:, 2])
+        terms = bias_terms(relative[:, 0], relative[:, 1], relative[:, 2])
         result["label"][near], result["intracranial"][near], result["head"][near] = label, intracranial, head
         for c, contrast in enumerate(CONTRASTS):
             signal_of = _CLASS_SIGNAL[contrast] * np.asarray(self.appearance.gain[c], dtype=np.float32)
@@ -303,8 +300,6 @@ class TemplateHead:
 
 def random_template_head(rng: np.random.Generator | int, config: CaseConfig | None = None) -> TemplateHead:
     """A template head with random shape, pose, appearance and (with tumour_probability) a lesion."""
-    from segmamba.synthetic.cases import CaseConfig
-
     config = config or CaseConfig()
     rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
     template = load_template()
