@@ -21,7 +21,7 @@ import pydicom
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from operators.dicom_files import save_atomically
+from operators.atomic_files import save_atomically
 from operators.multiframe import frame_source
 from operators.results import StagedOutputOperator, StagedResults
 from operators.seg_header import character_set_for, clean_source_header, header_texts

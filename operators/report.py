@@ -19,8 +19,6 @@ import io
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +27,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from operators.atomic_files import RESULT_MODE, write_atomically
 
 REPORT_SCHEMA = "segmamba-node/segmentation-report"
 REPORT_SCHEMA_VERSION = 1
@@ -162,7 +162,7 @@ def _coverage_entries(coverage: Mapping[str, Any] | None) -> dict[str, Any]:
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the report as UTF-8 JSON, atomically (temporary file, fsync, rename); returns the path."""
     text = json.dumps(_jsonable(dict(report)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return _atomic_write(Path(path), text.encode("utf-8"))
+    return write_atomically(Path(path), text.encode("utf-8"), RESULT_MODE)
 
 
 def _label_counts(labels: np.ndarray) -> dict[int, int]:
@@ -198,22 +198,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot put {type(value).__name__} into the JSON report")
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +294,7 @@ def write_preview(
             draw.text((x + 19, y), name, fill=_TEXT, font=font)
 
     buffer = _png_bytes(canvas)
-    written = _atomic_write(Path(path), buffer)
+    written = write_atomically(Path(path), buffer, RESULT_MODE)
     return PreviewInfo(written, axis, tuple(int(k) for k in slices), canvas.size, bool(areas.sum()))
 
 

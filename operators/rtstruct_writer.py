@@ -34,7 +34,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
-from operators.dicom_files import save_atomically
+from operators.atomic_files import save_atomically
 from operators.errors import ConfigurationError
 from operators.multiframe import frame_source
 from operators.results import StagedOutputOperator, StagedResults

@@ -20,8 +20,6 @@ known to the dicom3tools validator. See docs/architecture.md ("SEG encoding").
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +30,11 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from operators.atomic_files import save_atomically
 from operators.multiframe import seg_source_images
 from operators.seg_header import character_set_for, clean_source_header, header_texts
 from operators.volume import sort_slices
 
-RESULT_MODE = 0o644  # results are read by other uids of the group (PACS gateway, mercure dispatcher)
 ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically abnormal structure")
 MAX_FRACTIONAL_VALUE = 255  # a pixel inside a segment; 0 outside
 CONTENT_LABEL = "SEGMAMBA"
@@ -159,7 +157,7 @@ def write_segmentation(
         seg.SpecificCharacterSet = character_set
     if sources[0].get("BodyPartExamined"):
         seg.BodyPartExamined = sources[0].BodyPartExamined
-    return _save_atomically(seg, Path(output_path))
+    return save_atomically(seg, Path(output_path))
 
 
 def _segment_numbers(labels: np.ndarray, segments: Sequence[SegmentSpec]) -> np.ndarray:
@@ -184,24 +182,3 @@ def _code(code: tuple[str, str, str]) -> tuple[str, str, str]:
     scheme, value, meaning = code
     return value, scheme, meaning
 
-
-def _save_atomically(dataset: pydicom.Dataset, output_path: Path) -> Path:
-    """Write to a temporary file beside output_path, fsync, then rename over it."""
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=output_path.parent, prefix=".", suffix=".partial")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, RESULT_MODE)  # mkstemp makes 0600: the PACS gateway (another uid) reads it
-        os.replace(temporary, output_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(output_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return output_path

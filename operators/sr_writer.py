@@ -21,7 +21,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from operators.dicom_files import save_atomically
+from operators.atomic_files import save_atomically
 from operators.multiframe import seg_source_images
 from operators.results import StagedOutputOperator, StagedResults
 from operators.seg_header import clean_source_header

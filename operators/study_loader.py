@@ -38,12 +38,12 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from operators.errors import StudyError
+from operators.instance_check import incompleteness
 from operators.multiframe import MultiframeError, is_multiframe_mr, split_frames
 from operators.study_inventory import INVENTORY_ATTRIBUTE, SkippedFile, StudyInventory, UnreadableFile
 from operators.volume import RELATIVE_PATH_ATTRIBUTE
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 _FIRST_GROUPS = (0x0002, 0x0008)  # a data set without preamble starts with file meta or identification
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,6 @@ def list_files(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root) / name for name in sorted(files) if not name.startswith("."))
     return found
-
-
-def incompleteness(dataset: pydicom.Dataset) -> str | None:
-    """Why a parsed file is not a usable instance (missing UIDs, short pixel data), or None."""
-    missing = [keyword for keyword in REQUIRED_UIDS if not dataset.get(keyword)]
-    if missing:
-        return f"lacks {', '.join(missing)}"
-    if "Rows" in dataset and "PixelData" not in dataset:
-        return "lacks PixelData"
-    if "PixelData" in dataset and not dataset.file_meta.TransferSyntaxUID.is_compressed:
-        frames = int(dataset.get("NumberOfFrames") or 1)
-        expected = dataset.Rows * dataset.Columns * frames * int(dataset.get("SamplesPerPixel") or 1)
-        expected = expected * dataset.BitsAllocated // 8
-        if len(dataset.PixelData) < expected:
-            return f"PixelData holds {len(dataset.PixelData)} of {expected} bytes (truncated?)"
-    return None
 
 
 def read_folder(folder: Path) -> FolderContents:
@@ -139,9 +123,9 @@ def _read_file(path: Path, relative: str, contents: FolderContents) -> None:
         return
     if not preamble:
         _set_transfer_syntax(dataset)
-    problem = _incompleteness(dataset)
+    problem = incompleteness(dataset)
     if problem:
-        inventory.unreadable.append(_unreadable_dataset(dataset, relative, problem))
+        inventory.unreadable.append(_unreadable_dataset(dataset, relative, problem.reason))
         return
     try:
         instances = split_frames(dataset) if is_multiframe_mr(dataset) else [dataset]
@@ -152,13 +136,6 @@ def _read_file(path: Path, relative: str, contents: FolderContents) -> None:
         object.__setattr__(instance, RELATIVE_PATH_ATTRIBUTE, relative)
         instance.filename = str(path)
     contents.instances.extend(instances)
-
-
-def _incompleteness(dataset: pydicom.Dataset) -> str | None:
-    try:
-        return incompleteness(dataset)
-    except (AttributeError, KeyError, TypeError, ValueError) as error:  # a malformed image pixel module
-        return f"image pixel attributes unusable ({error})"
 
 
 def _has_preamble(path: Path) -> bool:

@@ -22,7 +22,8 @@ from app.node.receive.storage_scp import ScpConfig, StorageSCP
 from app.node.send.result_sender import backoff
 from app.node.state.journal import InstanceRecord, Journal
 from app.node.state.retention import clean_spool
-from app.node.state.spool import Spool, UnsafeUID, checked_uid, write_atomic
+from app.node.state.spool import Spool, UnsafeUID, checked_uid
+from operators.atomic_files import write_atomically
 from operators.errors import StudyError
 from operators.series_selection import SeriesSelectionError
 from tests.node_peers import Clock, free_port, write_small_study
@@ -45,10 +46,10 @@ def test_unsafe_uids_never_become_paths(uid: str, tmp_path: Path) -> None:
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "a" / "x.dcm"
-    write_atomic(target, b"first")
+    write_atomically(target, b"first")
     monkeypatch.setattr(os, "fsync", lambda _fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError, match="No space"):
-        write_atomic(target, b"second")
+        write_atomically(target, b"second")
     assert target.read_bytes() == b"first"
     assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
 

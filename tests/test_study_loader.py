@@ -140,7 +140,7 @@ def test_unreadable_dicom_is_recorded_with_what_its_header_still_tells(series: l
     unreadable = {f.path: f for f in contents.inventory.unreadable}
     assert set(unreadable) == {header_cut, pixels_cut, f"DICOM/{no_uid}"}
     assert unreadable[header_cut].reason.startswith("lacks StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID")
-    assert unreadable[pixels_cut].reason.startswith("PixelData holds")
+    assert unreadable[pixels_cut].reason.startswith("PixelData truncated")
     assert unreadable[pixels_cut].series_instance_uid == str(series[2].SeriesInstanceUID)
     assert unreadable[pixels_cut].study_instance_uid == str(series[2].StudyInstanceUID)
     assert unreadable[f"DICOM/{no_uid}"].reason == "lacks SOPInstanceUID"
@@ -159,8 +159,8 @@ def test_folder_without_dicom_instances_fails_naming_the_folder(series: list[Dat
         read_folder(folder)
     assert str(raised.value) == (
         f"study {folder}: no DICOM instances in the input folder (3 file(s) not DICOM or DICOMDIR; "
-        f"1 unreadable DICOM file(s), e.g. IM1: PixelData holds {len(series[0].PixelData) - 500} of "
-        f"{len(series[0].PixelData)} bytes (truncated?))"
+        f"1 unreadable DICOM file(s), e.g. IM1: PixelData truncated ({len(series[0].PixelData) - 500} of "
+        f"{len(series[0].PixelData)} bytes))"
     )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import threading
@@ -40,6 +39,7 @@ from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, WorkerStoppe
 from app.node.send.storage_scu import Destination
 from app.node.state.journal import Journal
 from app.node.state.spool import Spool
+from operators.atomic_files import RESULT_MODE, save_atomically, write_atomically
 
 log = logging.getLogger(__name__)
 JOURNAL_ERRORS = (sqlite3.Error, OSError)
@@ -48,15 +48,6 @@ BEAT_EVERY = 5.0  # seconds between journal heartbeats of a running job
 
 def first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0]
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def mark_superseding(files: dict[str, str], series_uid: str | None, revision: int, supersedes: str | None) -> None:
@@ -69,14 +60,14 @@ def mark_superseding(files: dict[str, str], series_uid: str | None, revision: in
         seg.SeriesInstanceUID = series_uid
     seg.InstanceNumber = revision + 1
     seg.ContentDescription = f"Revision {revision + 1}: supersedes instance {revision} of this series"  # LO: 64
-    _replace_atomically(seg_path, lambda target: seg.save_as(target, enforce_file_format=True))
+    save_atomically(seg, seg_path)
     report_path = Path(files.get("report", ""))
     if report_path.is_file():
         report = json.loads(report_path.read_text())
         report["revision"] = revision + 1
         report["supersedes"] = {"sop_instance_uid": supersedes, "series_instance_uid": series_uid,
                                 "reason": "instances arrived after the previous result; this result replaces it"}
-        _replace_atomically(report_path, lambda target: target.write_text(json.dumps(report, indent=2)))
+        write_atomically(report_path, json.dumps(report, indent=2).encode(), RESULT_MODE)
 
 
 class Worker:
@@ -211,12 +202,10 @@ class Worker:
             previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? ORDER BY id DESC LIMIT 1",
                                           (job_id,))
             mark_superseding(files, job["seg_series_uid"], revision, previous[0]["sop_uid"] if previous else None)
-        seg = Path(files["segmentation"])
-        header = pydicom.dcmread(seg, stop_before_pixels=True)
-        sop_uid = str(header.SOPInstanceUID)
-        sends = [(d.name, str(seg), sop_uid) for d in self.destinations]
+        sop_uid = outcome.seg_sop_uid  # mark_superseding keeps it and moves the SEG into seg_series_uid
+        sends = [(d.name, files["segmentation"], sop_uid) for d in self.destinations]
         if not self.journal.finish_job(job_id, files, outcome.stage_times, sends, int(job["runs"]),
-                                       str(header.SeriesInstanceUID)):
+                                       job["seg_series_uid"] or outcome.seg_series_uid):
             log.warning("study %s job %d: result discarded, the job was taken back meanwhile", study, job_id)
             return
         log.info("study %s job %d: done in %.1f s, SEG %s%s queued for %s", study, job_id,

@@ -40,6 +40,7 @@ from pydicom.errors import InvalidDicomError
 from app.node.receive.quarantine import Quarantine
 from app.node.state.journal import InstanceRecord, Journal
 from app.node.state.spool import Spool, UnsafeUID, checked_uid
+from operators.instance_check import REQUIRED_UIDS, incompleteness
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -104,12 +105,11 @@ class Refusal(Exception):
 
 def check_dataset(dataset: pydicom.Dataset, expected: Expected = Expected()) -> tuple[str, str, str]:
     """(study, series, SOP instance UID) of a usable instance; else Refusal with its PS3.4 status."""
-    required = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    missing = [keyword for keyword in required if not dataset.get(keyword)]
-    if missing:
-        raise Refusal(DATASET_MISMATCH, f"lacks {', '.join(missing)}")
+    problem = incompleteness(dataset)
+    if problem is not None and problem.defect == "uids":
+        raise Refusal(DATASET_MISMATCH, problem.reason)
     uids = []
-    for keyword in required:
+    for keyword in REQUIRED_UIDS:
         try:
             uids.append(checked_uid(dataset.get(keyword), keyword))
         except UnsafeUID as error:
@@ -119,20 +119,8 @@ def check_dataset(dataset: pydicom.Dataset, expected: Expected = Expected()) -> 
         raise Refusal(DATASET_MISMATCH, "SOPClassUID differs from the presentation context")
     if expected.sop_instance and sop_uid != expected.sop_instance:
         raise Refusal(DATASET_MISMATCH, "SOPInstanceUID differs from the C-STORE request")
-    if "Rows" in dataset and "PixelData" not in dataset:
-        raise Refusal(DATASET_MISMATCH, "image without PixelData")
-    syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
-    if "PixelData" in dataset and syntax is not None and not syntax.is_compressed:
-        try:
-            frames = int(dataset.get("NumberOfFrames") or 1)
-            samples = int(dataset.get("SamplesPerPixel") or 1)
-            pixels = int(dataset.Rows) * int(dataset.Columns) * samples * frames
-            expected_bytes = pixels * int(dataset.BitsAllocated) // 8
-        except Exception as error:  # wrong VR, missing or non-numeric image attributes
-            raise Refusal(DATASET_MISMATCH, "unusable Rows/Columns/BitsAllocated/NumberOfFrames") from error
-        size = len(dataset.PixelData)
-        if size < expected_bytes:
-            raise Refusal(CANNOT_UNDERSTAND, f"PixelData truncated ({size} of {expected_bytes} bytes)")
+    if problem is not None:
+        raise Refusal(CANNOT_UNDERSTAND if problem.defect == "truncated" else DATASET_MISMATCH, problem.reason)
     return study_uid, series_uid, sop_uid
 
 

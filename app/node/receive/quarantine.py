@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from app.node.state.spool import write_atomic
+from operators.atomic_files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class Quarantine:
         with self._lock:
             try:
                 if kept:
-                    write_atomic(self.folder / f"{stem}.dcm", data)
-                write_atomic(self.folder / f"{stem}.json", text)
+                    write_atomically(self.folder / f"{stem}.dcm", data)
+                write_atomically(self.folder / f"{stem}.json", text)
             except OSError as error:  # the quarantine is a courtesy: never fail the answer for it
                 log.warning("quarantine: cannot keep a refused object: %s", error)
                 return self.folder / f"{stem}.json"

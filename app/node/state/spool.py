@@ -9,11 +9,11 @@ Layout under the root (every name below is validated or generated here, never ta
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import uuid
 from pathlib import Path
+
+from operators.atomic_files import write_atomically
 
 # DICOM UID: dot-separated numbers without leading zeros, at most 64 characters (PS3.5 9.1).
 UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -29,31 +29,6 @@ def checked_uid(value: object, keyword: str = "UID") -> str:
     if not text or len(text) > 64 or not UID_PATTERN.fullmatch(text):
         raise UnsafeUID(f"{keyword} {text[:80]!r} is not a valid DICOM UID")
     return text
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new entry in ``folder`` durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either nothing or all of it, durably (fsync, rename, dir fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class Spool:
@@ -82,7 +57,7 @@ class Spool:
     def store_instance(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
         """Write one received instance (a complete DICOM file) durably; returns its path."""
         path = self.instance_path(study_uid, sop_uid)
-        write_atomic(path, data)
+        write_atomically(path, data)
         return path
 
     def remove_study(self, study_uid: str) -> None:
