@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import yaml
 
-from app.config import ConfigError, load_settings
+from app.config import DEFAULT_APP_YAML, ConfigError, Settings, load_settings
 
 
 def write_yaml(folder: Path, body: str) -> Path:
@@ -46,5 +48,12 @@ def test_bad_settings_are_named(tmp_path: Path, body: str, message: str) -> None
 
 
 def test_repository_app_yaml_loads() -> None:
+    assert DEFAULT_APP_YAML.is_file(), f"{DEFAULT_APP_YAML} is missing"
+    written = yaml.safe_load(DEFAULT_APP_YAML.read_text())["settings"]
+    assert set(written) == {f.name for f in fields(Settings)}  # every setting is documented there
     settings = load_settings(environ={})
     assert settings.reference_role == "t1c" and settings.device == "auto"
+    for name, value in written.items():
+        loaded = getattr(settings, name)
+        if isinstance(value, (bool, int, float, str)) and not isinstance(loaded, Path):
+            assert loaded == value, name
