@@ -47,6 +47,18 @@ def test_node_retries_only_what_is_not_bad_input() -> None:
     assert classify(ValueError("operands could not be broadcast")) == TRANSIENT  # a bug, not the study's fault
 
 
+def test_only_study_errors_are_bad_input_whatever_else_they_derive_from() -> None:
+    from app.node.executor import PERMANENT, TRANSIENT, classify
+    from operators.multiframe import MultiframeError
+    from operators.series_selection import SeriesSelectionError
+    from operators.volume import VolumeError
+
+    assert classify(SeriesSelectionError("no FLAIR", study_instance_uid="1.2")) == PERMANENT  # also a ValueError
+    # ValueErrors of the operators' own helpers that escape unconverted are bugs: retried, never bad input
+    assert classify(VolumeError("slices of mixed orientation")) == TRANSIENT
+    assert classify(MultiframeError("frame count differs")) == TRANSIENT
+
+
 def _run_cli_failing_with(error: BaseException, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                           capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     import app.batch
@@ -71,11 +83,13 @@ def test_cli_prints_bad_input_as_one_line_without_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("error", [ZeroDivisionError("division by zero"), ValueError("division by zero")])
 def test_cli_prints_a_bug_with_its_traceback(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    error: Exception, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, err = _run_cli_failing_with(ZeroDivisionError("division by zero"), monkeypatch, tmp_path, capsys)
+    code, err = _run_cli_failing_with(error, monkeypatch, tmp_path, capsys)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("ERROR")]
-    assert errors == [f"ERROR study in {tmp_path}: internal error (ZeroDivisionError: division by zero)"]
+    name = type(error).__name__
+    assert errors == [f"ERROR study in {tmp_path}: internal error ({name}: division by zero)"]  # not "study <uid>"
     assert "Traceback" in err
