@@ -85,19 +85,43 @@ def copy_as_new_study(source: Path, target: Path, number: int) -> str:
 
 
 class Orthanc:
-    """An Orthanc process (Debian package) with its storage in ``folder``."""
+    """An Orthanc process (Debian package) with its storage in ``folder``.
 
-    def __init__(self, folder: Path, aet: str = "ORTHANC") -> None:
+    ``modalities``: name -> (AE title, port on 127.0.0.1) of the peers it knows, e.g. the node, to
+    which it sends Storage Commitment reports (N-EVENT-REPORT on a new association);
+    ``dicomweb``: load the orthanc-dicomweb plugin (QIDO/WADO/STOW-RS under /dicom-web/)."""
+
+    def __init__(self, folder: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, int]] | None = None,
+                 dicomweb: bool = False) -> None:
         self.folder = folder
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.dicomweb = dicomweb
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"Name": "PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-                  "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True}
-        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.configure(modalities or {})
+
+    def configure(self, modalities: dict[str, tuple[str, int]]) -> None:
+        """(Re)write the configuration; it takes effect at the next start."""
+        config: dict[str, Any] = {
+            "Name": "PACS", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
+            "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "DicomModalities": {name: {"AET": aet, "Host": "127.0.0.1", "Port": port, "AllowStorageCommitment": True}
+                                for name, (aet, port) in modalities.items()},
+        }
+        if self.dicomweb:
+            config["Plugins"] = ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"]
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+
+    @property
+    def stow_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def sop_instance_uids(self) -> list[str]:
+        """The SOP Instance UID of every instance Orthanc holds (a UID stored twice would appear twice)."""
+        return [str(i["MainDicomTags"]["SOPInstanceUID"]) for i in self.get("/instances?expand") or []]
 
     @property
     def url(self) -> str:

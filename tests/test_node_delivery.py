@@ -1,0 +1,239 @@
+"""Delivery with real peers: C-STORE with Storage Commitment and STOW-RS to Orthanc (orthanc-dicomweb),
+several destinations each with its own retry state, Orthanc stopped and restarted mid-way, reports
+that fail or never come; every result committed exactly once. Journal, sender and SCP run in
+this process; the last test runs the whole node (``python -m app serve``)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from operators.destinations import STOW, Destination
+from operators.intake import Intake, Limits
+from operators.journal import InstanceRecord, Journal
+from operators.result_sender import ResultSender
+from operators.spool import Spool
+from operators.storage_commitment import request_commitment
+from operators.storage_scp import ScpConfig, StorageSCP
+from tests.node_peers import NodeProcess, Orthanc, free_port, storescu, wait_for, write_small_study
+
+NODE_AET = "NODE"
+
+
+def write_instance(path: Path, study_uid: str) -> pydicom.Dataset:
+    """A small MR instance standing in for one result file."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientID, ds.Modality = "DELIVERY01", "MR"
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(32)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+class Bench:
+    """A journal, a result sender and our SCP (receiving commitment reports) on free ports."""
+
+    def __init__(self, root: Path, destinations: list[Destination], port: int, commitment_timeout: float = 30.0,
+                 ) -> None:
+        self.root = root
+        self.spool = Spool(root / "spool")
+        self.journal = Journal(self.spool.journal_path)
+        self.events: Counter[tuple[str, str]] = Counter()
+        self.sender = ResultSender(self.journal, destinations, NODE_AET, base_delay=0.2, max_delay=1.0,
+                                   on_event=lambda kind, name: self.events.update([(kind, name)]),
+                                   commitment_timeout=commitment_timeout)
+        self.scp = StorageSCP(ScpConfig(NODE_AET, port), Intake(self.spool, self.journal, Limits()),
+                              on_commitment=self.sender.on_commitment_report)
+        self.destinations = destinations
+        self.jobs = 0
+
+    def add_job(self, outputs: int = 2) -> list[pydicom.Dataset]:
+        """A finished job with ``outputs`` result files in the outbox of every destination."""
+        self.jobs += 1
+        study = generate_uid()
+        self.journal.record_instance(InstanceRecord(generate_uid(), study, generate_uid(), MRImageStorage, "MR",
+                                                    self.root / "x.dcm", 1, "MODALITY"))
+        job_id = self.journal.queue_study(study, "quiet")
+        claimed = self.journal.claim_job()
+        assert claimed is not None and claimed["id"] == job_id
+        folder = self.root / f"job{job_id}"
+        folder.mkdir()
+        datasets = [write_instance(folder / f"out{n}.dcm", study) for n in range(outputs)]
+        kinds = ["seg", "sr", "rtstruct", "sc"]
+        sends = [(d.name, str(folder / f"out{n}.dcm"), str(ds.SOPInstanceUID), kinds[n % 4], MRImageStorage)
+                 for d in self.destinations for n, ds in enumerate(datasets)]
+        assert self.journal.finish_job(job_id, {"segmentation": sends[0][1]}, {"infer": 0.1}, sends, claimed["runs"])
+        return datasets
+
+    def states(self) -> Counter[str]:
+        return Counter(row["state"] for row in self.journal.query("SELECT state FROM outbox"))
+
+    def deliver(self, timeout: float, what: str) -> None:
+        """Run the sender until every outbox row is delivered."""
+        def done() -> bool:
+            self.sender.send_due()
+            states = self.states()
+            return set(states) == {"sent"}
+
+        wait_for(done, timeout, what, every=0.2)
+
+    def audit(self, event: str) -> Counter[tuple[str, str]]:
+        """(destination, SOP Instance UID) -> how often ``event`` was audited."""
+        rows = self.journal.query("SELECT actor, detail FROM audit WHERE event = ?", (event,))
+        return Counter((row["actor"], row["detail"].split(":")[0]) for row in rows)
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[tuple[Orthanc, Orthanc, int]]:
+    """A DIMSE PACS that commits (knows our AE for its reports) and a DICOMweb archive."""
+    node_port = free_port()
+    dimse = Orthanc(tmp_path / "pacs", modalities={"node": (NODE_AET, node_port)}).start()
+    web = Orthanc(tmp_path / "web", aet="WEBPACS", dicomweb=True).start()
+    yield dimse, web, node_port
+    dimse.stop()
+    web.stop()
+
+
+def _bench(tmp_path: Path, dimse: Orthanc, web: Orthanc, node_port: int, **kwargs: Any) -> Bench:
+    destinations = [Destination("PACS", dimse.aet, "127.0.0.1", dimse.dicom_port, storage_commitment=True),
+                    Destination("WEB", type=STOW, url=web.stow_url)]
+    bench = Bench(tmp_path / "node", destinations, node_port, **kwargs)  # node_port: where the PACS reports
+    bench.scp.start()
+    return bench
+
+
+def test_commitment_and_stow_with_a_pacs_stopped_mid_way(tmp_path: Path, pacs: Any) -> None:
+    dimse, web, node_port = pacs
+    bench = _bench(tmp_path, dimse, web, node_port)
+    try:
+        first = bench.add_job()
+        bench.deliver(30, "the first job delivered")
+        dimse.stop()  # the PACS goes down mid-way; the DICOMweb archive stays up
+        later = bench.add_job() + bench.add_job()
+        for _ in range(3):
+            bench.sender.send_due()
+            time.sleep(0.3)
+        rows = bench.journal.query("SELECT destination, state, attempts, last_error FROM outbox WHERE job_id > 1")
+        assert {(r["destination"], r["state"]) for r in rows} == {("PACS", "pending"), ("WEB", "sent")}, \
+            "each destination has its own retry state: the archive got its results while the PACS was down"
+        assert all(r["attempts"] >= 1 and "PACS" in r["last_error"] for r in rows if r["destination"] == "PACS")
+        dimse.start()
+        bench.deliver(30, "every result delivered after the PACS restarted")
+    finally:
+        bench.scp.stop()
+    uids = [str(ds.SOPInstanceUID) for ds in first + later]
+    assert sorted(dimse.sop_instance_uids()) == sorted(uids), "each result stored once in the PACS"
+    assert sorted(web.sop_instance_uids()) == sorted(uids), "each result stored once in the archive"
+    committed = bench.audit("result-committed")
+    assert committed == Counter({("PACS", uid): 1 for uid in uids}), "every result committed exactly once"
+    rows = bench.journal.query("SELECT * FROM outbox")
+    assert all(r["committed_at"] and r["stored_at"] <= r["committed_at"] for r in rows if r["destination"] == "PACS")
+    assert all(r["committed_at"] is None and r["sent_at"] for r in rows if r["destination"] == "WEB"), \
+        "STOW-RS: delivered when the response names the instance, no commitment"
+    assert bench.events[("committed", "PACS")] == len(uids) and bench.events[("sent", "WEB")] == len(uids)
+
+
+def test_no_report_within_the_timeout_resends_until_committed(tmp_path: Path, pacs: Any) -> None:
+    dimse, web, node_port = pacs
+    dimse.stop()
+    dimse.configure({"node": (NODE_AET, free_port())})  # the PACS reports to a port nobody listens on
+    dimse.start()
+    bench = _bench(tmp_path, dimse, web, node_port, commitment_timeout=1.5)
+    try:
+        datasets = bench.add_job(outputs=3)
+
+        def expired() -> bool:
+            bench.sender.send_due()
+            rows = bench.journal.query("SELECT attempts, last_error FROM outbox WHERE destination = 'PACS'")
+            return all(r["attempts"] >= 1 and "no storage commitment report" in (r["last_error"] or "") for r in rows)
+
+        wait_for(expired, 30, "the commitment deadline to pass and the results to be sent again")
+        assert bench.states()["sent"] == 3, "STOW-RS results are delivered meanwhile"
+        dimse.stop()
+        dimse.configure({"node": (NODE_AET, node_port)})
+        dimse.start()
+        bench.deliver(30, "the results committed once the PACS can report")
+    finally:
+        bench.scp.stop()
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    assert sorted(dimse.sop_instance_uids()) == sorted(uids)
+    assert bench.audit("result-committed") == Counter({("PACS", uid): 1 for uid in uids})
+    assert min(bench.audit("result-stored").values()) >= 2, "stored again after the deadline"
+
+
+def test_a_failed_commitment_is_sent_again(tmp_path: Path, pacs: Any) -> None:
+    dimse, web, node_port = pacs
+    bench = _bench(tmp_path, dimse, web, node_port)
+    try:
+        [dataset] = bench.add_job(outputs=1)
+        uid = str(dataset.SOPInstanceUID)
+        [row] = bench.journal.query("SELECT id FROM outbox WHERE destination = 'PACS'")
+        # The row is marked stored but the PACS never got the file: its report names the instance as failed.
+        transaction = generate_uid()
+        bench.journal.mark_stored([row["id"]], transaction, 30, "test: not actually stored")
+        request_commitment(bench.destinations[0], NODE_AET, transaction, [(MRImageStorage, uid)],
+                           bench.sender.on_commitment_report)
+        failed = wait_for(lambda: bench.journal.query("SELECT * FROM outbox WHERE id = ? AND state = 'pending'",
+                                                      (row["id"],)), 20, "the failure report")
+        assert "0x0112 no such object instance" in failed[0]["last_error"] and failed[0]["attempts"] == 1
+        assert bench.audit("result-not-committed") == Counter({("PACS", uid): 1})
+        bench.deliver(30, "the result sent again and committed")
+    finally:
+        bench.scp.stop()
+    assert dimse.sop_instance_uids() == [uid]
+    assert bench.audit("result-committed") == Counter({("PACS", uid): 1})
+
+
+def test_node_delivers_to_pacs_with_commitment_and_to_stow(tmp_path: Path) -> None:
+    study = write_small_study(tmp_path / "study", seed=141)
+    node_port = free_port()
+    dimse = Orthanc(tmp_path / "pacs", modalities={"node": ("SEGMAMBA", node_port)}).start()
+    web = Orthanc(tmp_path / "web", aet="WEBPACS", dicomweb=True).start()
+    token = tmp_path / "stow-token"
+    token.write_text("not-checked-by-orthanc\n")
+    node = NodeProcess(tmp_path / "node", None, allowed_calling_aes="MODALITY,ORTHANC", show_phi=True,
+                       commitment_timeout=20)
+    node.port = node_port
+    node.destinations = [f"PACS={dimse.aet}@127.0.0.1:{dimse.dicom_port}+commit",
+                         f"WEB={web.stow_url}+token={token}"]
+    try:
+        node.start()
+        result = storescu(study.series[0].files[0].parent, node.port)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+        def delivered() -> Any:
+            jobs = [j for j in node.jobs() if j["study_uid"] == study.study_instance_uid]
+            return jobs if jobs and jobs[0]["sends"] and jobs[0]["sent"] == jobs[0]["sends"] else None
+
+        [job] = wait_for(delivered, 120, "the result delivered to both destinations")
+        by_destination = {d["destination"]: d for d in job["deliveries"]}
+        assert by_destination["PACS"]["committed"] and by_destination["PACS"]["state"] == "sent"
+        assert by_destination["WEB"]["delivered"] and by_destination["WEB"]["committed"] is None
+        assert {d["kind"] for d in job["deliveries"]} >= {"seg"}
+        [seg_uid] = {d["sop_instance_uid"] for d in job["deliveries"] if d["kind"] == "seg"}
+        assert dimse.sop_instance_uids().count(seg_uid) == 1 and web.sop_instance_uids().count(seg_uid) == 1
+        request = urllib.request.Request(node.url + "/", headers={"Authorization": f"Bearer {node.token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            page = response.read().decode()
+        assert "<b>PACS</b>" in page and "committed" in page and "<b>WEB</b>" in page
+    finally:
+        node.stop()
+        dimse.stop()
+        web.stop()
