@@ -1,12 +1,17 @@
 """The DICOM files a job delivers: every entry of report.json ``outputs`` (SEG, SR, RTSTRUCT, SC ...),
-or the segmentation alone for a report without that list."""
+or the segmentation alone for a report without that list; and the ``delivery`` record written back
+into report.json (which output went where, when stored, committed, delivered)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -48,3 +53,26 @@ def output_files(files: Mapping[str, str]) -> list[OutputFile]:
     if len({f.sop_uid for f in found}) < len(found):
         raise ValueError(f"report {report}: outputs list the same SOP Instance UID twice")
     return found
+
+
+def _iso(stamp: float | None) -> str | None:
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds") if stamp else None
+
+
+def write_delivery(report: Path, rows: Sequence[Mapping[str, Any]], addresses: Mapping[str, str]) -> None:
+    """Record in report.json (``delivery``) where each output went: per outbox row its destination,
+    state and when it was stored, committed (Storage Commitment) and delivered (UTC, ISO 8601).
+    The file is replaced atomically; the journal stays the source of truth."""
+    document = json.loads(report.read_text())
+    document["delivery"] = [
+        {"destination": row["destination"], "address": addresses.get(row["destination"], ""),
+         "kind": row["kind"] or "seg", "sop_instance_uid": row["sop_uid"], "state": row["state"],
+         "attempts": row["attempts"], "stored": _iso(row["stored_at"]), "committed": _iso(row["committed_at"]),
+         "delivered": _iso(row["sent_at"]) if row["state"] == "sent" else None}
+        for row in rows if row["state"] != "superseded"]
+    temporary = report.with_name(f".{report.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        temporary.write_text(json.dumps(document, indent=2))
+        os.replace(temporary, report)
+    finally:
+        temporary.unlink(missing_ok=True)

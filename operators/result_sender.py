@@ -9,11 +9,13 @@ the N-ACTION goes out; a failure in the report, a refused N-ACTION or no report 
 ``commitment_timeout`` puts them back to pending and they are sent again after their back-off.
 A crash between the peer's answer and the journal's mark resends the same file, with the same SOP
 Instance UID, which the peer treats as the same instance. While a destination is down, its entries
-wait ``backoff(attempts)`` seconds (exponential, capped).
+wait ``backoff(attempts)`` seconds (exponential, capped). After each change a job's report.json
+gets its ``delivery`` record (operators/result_outputs.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -27,6 +29,7 @@ from pydicom.uid import generate_uid
 
 from operators.destinations import STOW, Destination
 from operators.journal import Journal
+from operators.result_outputs import write_delivery
 from operators.storage_commitment import CommitmentReport, request_commitment
 from operators.storage_scu import DestinationUnavailable, SendResult, send_files
 from operators.stow_client import stow_files
@@ -57,6 +60,7 @@ class ResultSender:
         self.commitment_timeout = commitment_timeout
         self.on_event = on_event or (lambda _kind, _destination: None)
         self._lock = threading.Lock()
+        self._report_lock = threading.Lock()
 
     def retry_delay(self, attempts: int) -> float:
         return backoff(attempts, self.base_delay, self.max_delay)
@@ -65,21 +69,41 @@ class ResultSender:
         """Expire overdue commitments, then try every due entry once; returns how many were delivered
         (acknowledged, or for commitment destinations stored and waiting for the report)."""
         with self._lock:
-            for row in self.journal.expire_commitments(self.retry_delay):
+            expired = self.journal.expire_commitments(self.retry_delay)
+            for row in expired:
                 self.on_event("retry", str(row["destination"]))
                 log.warning("study %s job %d: %s: no storage commitment report for %s within %.0f s; sent again",
                             row["study_uid"], row["job_id"], row["destination"], row["sop_uid"],
                             self.commitment_timeout)
             by_destination: dict[str, list[Mapping[str, Any]]] = {}
-            for row in self.journal.due_sends():
+            due = self.journal.due_sends()
+            for row in due:
                 by_destination.setdefault(row["destination"], []).append(row)
             if len(by_destination) <= 1:
-                return sum(self._send(name, rows) for name, rows in by_destination.items())
-            with ThreadPoolExecutor(len(by_destination), thread_name_prefix="send") as pool:
-                return sum(pool.map(lambda item: self._send(*item), by_destination.items()))
+                delivered = sum(self._send(name, rows) for name, rows in by_destination.items())
+            else:
+                with ThreadPoolExecutor(len(by_destination), thread_name_prefix="send") as pool:
+                    delivered = sum(pool.map(lambda item: self._send(*item), by_destination.items()))
+            self.record_in_reports({int(row["job_id"]) for row in [*expired, *due]})
+            return delivered
+
+    def record_in_reports(self, job_ids: set[int]) -> None:
+        """Write each job's deliveries into its report.json (a report that is gone is skipped)."""
+        addresses = {name: d.address for name, d in self.destinations.items()}
+        with self._report_lock:
+            for job_id, rows in self.journal.deliveries(job_ids).items():
+                job = self.journal.job(job_id)
+                report = json.loads(job["outputs"]).get("report") if job and job["outputs"] else None
+                if not report or not Path(report).is_file():
+                    continue
+                try:
+                    write_delivery(Path(report), rows, addresses)
+                except (OSError, ValueError) as error:
+                    log.warning("job %d: delivery not recorded in %s: %s", job_id, report, error)
 
     def on_commitment_report(self, report: CommitmentReport, caller: str) -> None:
         """Record a Storage Commitment report (from our SCP or the requesting association)."""
+        jobs = {int(row["job_id"]) for row in self.journal.committing(report.transaction_uid)}
         done, again = self.journal.record_commitment(report.transaction_uid, report.committed, report.failed,
                                                      self.retry_delay, caller)
         if not done and not again:
@@ -92,6 +116,7 @@ class ResultSender:
             self.on_event("committed", name)
         for name in again:
             self.on_event("retry", name)
+        self.record_in_reports(jobs)
 
     def _send(self, name: str, rows: list[Mapping[str, Any]]) -> int:
         try:

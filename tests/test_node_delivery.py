@@ -5,6 +5,7 @@ this process; the last test runs the whole node (``python -m app serve``)."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections import Counter
@@ -20,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from operators.destinations import STOW, Destination
 from operators.intake import Intake, Limits
 from operators.journal import InstanceRecord, Journal
+from operators.result_outputs import output_files
 from operators.result_sender import ResultSender
 from operators.spool import Spool
 from operators.storage_commitment import request_commitment
@@ -178,6 +180,26 @@ def test_no_report_within_the_timeout_resends_until_committed(tmp_path: Path, pa
     assert min(bench.audit("result-stored").values()) >= 2, "stored again after the deadline"
 
 
+def test_a_node_restart_while_waiting_for_reports(tmp_path: Path, pacs: Any) -> None:
+    dimse, _web, node_port = pacs
+    destinations = [Destination("PACS", dimse.aet, "127.0.0.1", dimse.dicom_port, storage_commitment=True)]
+    before = Bench(tmp_path / "node", destinations, node_port, commitment_timeout=1.5)  # its SCP is not listening
+    datasets = before.add_job(outputs=2)
+    before.sender.send_due()
+    assert before.states() == Counter({"committing": 2}), "stored, waiting for the report"
+    before.journal.close()  # the node stops; the PACS's report finds nobody listening
+    after = Bench(tmp_path / "node", destinations, node_port, commitment_timeout=1.5)
+    assert after.states() == Counter({"committing": 2}), "the wait survives the restart (journal rows)"
+    after.scp.start()
+    try:
+        after.deliver(30, "the results sent again after the deadline and committed")
+    finally:
+        after.scp.stop()
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    assert sorted(dimse.sop_instance_uids()) == sorted(uids)
+    assert after.audit("result-committed") == Counter({("PACS", uid): 1 for uid in uids})
+
+
 def test_a_failed_commitment_is_sent_again(tmp_path: Path, pacs: Any) -> None:
     dimse, web, node_port = pacs
     bench = _bench(tmp_path, dimse, web, node_port)
@@ -229,6 +251,16 @@ def test_node_delivers_to_pacs_with_commitment_and_to_stow(tmp_path: Path) -> No
         assert {d["kind"] for d in job["deliveries"]} >= {"seg"}
         [seg_uid] = {d["sop_instance_uid"] for d in job["deliveries"] if d["kind"] == "seg"}
         assert dimse.sop_instance_uids().count(seg_uid) == 1 and web.sop_instance_uids().count(seg_uid) == 1
+        outputs = json.loads(node.journal_rows(f"SELECT outputs FROM jobs WHERE id = {job['id']}")[0][0])
+
+        def recorded() -> Any:
+            delivery = json.loads(Path(outputs["report"]).read_text()).get("delivery") or []
+            found = {d["destination"]: d for d in delivery}
+            return found if found.get("PACS", {}).get("committed") and found.get("WEB", {}).get("delivered") else None
+
+        in_report = wait_for(recorded, 10, "report.json to record where the result went")
+        assert in_report["PACS"]["address"] == f"{dimse.aet}@127.0.0.1:{dimse.dicom_port}"
+        assert in_report["WEB"]["committed"] is None and in_report["WEB"]["address"] == web.stow_url
         request = urllib.request.Request(node.url + "/", headers={"Authorization": f"Bearer {node.token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             page = response.read().decode()
@@ -237,3 +269,21 @@ def test_node_delivers_to_pacs_with_commitment_and_to_stow(tmp_path: Path) -> No
         node.stop()
         dimse.stop()
         web.stop()
+
+
+def test_every_listed_output_is_delivered_else_the_segmentation(tmp_path: Path) -> None:
+    study = generate_uid()
+    seg, sr, sc1, sc2 = (write_instance(tmp_path / name, study) for name in ("seg.dcm", "sr.dcm", "sc1.dcm", "sc2.dcm"))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"outputs": [
+        {"kind": "seg", "files": ["seg.dcm"]}, {"kind": "sr", "files": ["sr.dcm"]},
+        {"kind": "sc", "files": ["sc1.dcm", str(tmp_path / "sc2.dcm")]}]}))
+    files = {"segmentation": str(tmp_path / "seg.dcm"), "report": str(report)}
+    listed = output_files(files)
+    assert [(o.kind, o.sop_uid) for o in listed] == [("seg", seg.SOPInstanceUID), ("sr", sr.SOPInstanceUID),
+                                                     ("sc", sc1.SOPInstanceUID), ("sc", sc2.SOPInstanceUID)]
+    report.write_text(json.dumps({"volumes": {}}))
+    assert [(o.kind, o.sop_uid) for o in output_files(files)] == [("seg", seg.SOPInstanceUID)], "today's outputs"
+    report.write_text(json.dumps({"outputs": [{"kind": "sr", "files": ["missing.dcm"]}]}))
+    with pytest.raises(ValueError, match=r"output sr .*missing\.dcm is not a readable DICOM instance"):
+        output_files(files)
