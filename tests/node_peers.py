@@ -14,11 +14,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from operators.destinations import Destination
+from operators.intake import Intake, Limits
+from operators.journal import InstanceRecord, Journal
+from operators.result_sender import ResultSender
+from operators.spool import Spool
+from operators.storage_scp import ScpConfig, StorageSCP
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD_MODEL = REPO / "tests" / "models" / "threshold"
@@ -286,6 +296,80 @@ def send_study(folder: Path, port: int, calling: str = "MODALITY", called: str =
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+NODE_AET = "NODE"
+
+
+def write_instance(path: Path, study_uid: str) -> pydicom.Dataset:
+    """A small MR instance standing in for one result file."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientID, ds.Modality = "DELIVERY01", "MR"
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(32)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+class DeliveryBench:
+    """A journal, a result sender and our SCP (receiving commitment reports) on free ports."""
+
+    def __init__(self, root: Path, destinations: list[Destination], port: int, commitment_timeout: float = 30.0,
+                 ) -> None:
+        self.root = root
+        self.spool = Spool(root / "spool")
+        self.journal = Journal(self.spool.journal_path)
+        self.events: Counter[tuple[str, str]] = Counter()
+        self.sender = ResultSender(self.journal, destinations, NODE_AET, base_delay=0.2, max_delay=1.0,
+                                   on_event=lambda kind, name: self.events.update([(kind, name)]),
+                                   commitment_timeout=commitment_timeout)
+        self.scp = StorageSCP(ScpConfig(NODE_AET, port), Intake(self.spool, self.journal, Limits()),
+                              on_commitment=self.sender.on_commitment_report)
+        self.destinations = destinations
+        self.jobs = 0
+
+    def add_job(self, outputs: int = 2) -> list[pydicom.Dataset]:
+        """A finished job with ``outputs`` result files in the outbox of every destination."""
+        self.jobs += 1
+        study = generate_uid()
+        self.journal.record_instance(InstanceRecord(generate_uid(), study, generate_uid(), MRImageStorage, "MR",
+                                                    self.root / "x.dcm", 1, "MODALITY"))
+        job_id = self.journal.queue_study(study, "quiet")
+        claimed = self.journal.claim_job()
+        assert claimed is not None and claimed["id"] == job_id
+        folder = self.root / f"job{job_id}"
+        folder.mkdir()
+        datasets = [write_instance(folder / f"out{n}.dcm", study) for n in range(outputs)]
+        kinds = ["seg", "sr", "rtstruct", "sc"]
+        sends = [(d.name, str(folder / f"out{n}.dcm"), str(ds.SOPInstanceUID), kinds[n % 4], MRImageStorage)
+                 for d in self.destinations for n, ds in enumerate(datasets)]
+        assert self.journal.finish_job(job_id, {"segmentation": sends[0][1]}, {"infer": 0.1}, sends, claimed["runs"])
+        return datasets
+
+    def states(self) -> Counter[str]:
+        return Counter(row["state"] for row in self.journal.query("SELECT state FROM outbox"))
+
+    def deliver(self, timeout: float, what: str) -> None:
+        """Run the sender until every outbox row is delivered."""
+        def done() -> bool:
+            self.sender.send_due()
+            states = self.states()
+            return set(states) == {"sent"}
+
+        wait_for(done, timeout, what, every=0.2)
+
+    def audit(self, event: str) -> Counter[tuple[str, str]]:
+        """(destination, SOP Instance UID) -> how often ``event`` was audited."""
+        rows = self.journal.query("SELECT actor, detail FROM audit WHERE event = ?", (event,))
+        return Counter((row["actor"], row["detail"].split(":")[0]) for row in rows)
 
 
 class Clock:

@@ -13,93 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import MRImageStorage, generate_uid
 
 from operators.destinations import STOW, Destination
-from operators.intake import Intake, Limits
-from operators.journal import InstanceRecord, Journal
 from operators.result_outputs import output_files
-from operators.result_sender import ResultSender
-from operators.spool import Spool
 from operators.storage_commitment import request_commitment
-from operators.storage_scp import ScpConfig, StorageSCP
-from tests.node_peers import NodeProcess, Orthanc, free_port, storescu, wait_for, write_small_study
-
-NODE_AET = "NODE"
-
-
-def write_instance(path: Path, study_uid: str) -> pydicom.Dataset:
-    """A small MR instance standing in for one result file."""
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
-    ds.PatientID, ds.Modality = "DELIVERY01", "MR"
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(32)
-    ds.save_as(path, enforce_file_format=True)
-    return ds
-
-
-class Bench:
-    """A journal, a result sender and our SCP (receiving commitment reports) on free ports."""
-
-    def __init__(self, root: Path, destinations: list[Destination], port: int, commitment_timeout: float = 30.0,
-                 ) -> None:
-        self.root = root
-        self.spool = Spool(root / "spool")
-        self.journal = Journal(self.spool.journal_path)
-        self.events: Counter[tuple[str, str]] = Counter()
-        self.sender = ResultSender(self.journal, destinations, NODE_AET, base_delay=0.2, max_delay=1.0,
-                                   on_event=lambda kind, name: self.events.update([(kind, name)]),
-                                   commitment_timeout=commitment_timeout)
-        self.scp = StorageSCP(ScpConfig(NODE_AET, port), Intake(self.spool, self.journal, Limits()),
-                              on_commitment=self.sender.on_commitment_report)
-        self.destinations = destinations
-        self.jobs = 0
-
-    def add_job(self, outputs: int = 2) -> list[pydicom.Dataset]:
-        """A finished job with ``outputs`` result files in the outbox of every destination."""
-        self.jobs += 1
-        study = generate_uid()
-        self.journal.record_instance(InstanceRecord(generate_uid(), study, generate_uid(), MRImageStorage, "MR",
-                                                    self.root / "x.dcm", 1, "MODALITY"))
-        job_id = self.journal.queue_study(study, "quiet")
-        claimed = self.journal.claim_job()
-        assert claimed is not None and claimed["id"] == job_id
-        folder = self.root / f"job{job_id}"
-        folder.mkdir()
-        datasets = [write_instance(folder / f"out{n}.dcm", study) for n in range(outputs)]
-        kinds = ["seg", "sr", "rtstruct", "sc"]
-        sends = [(d.name, str(folder / f"out{n}.dcm"), str(ds.SOPInstanceUID), kinds[n % 4], MRImageStorage)
-                 for d in self.destinations for n, ds in enumerate(datasets)]
-        assert self.journal.finish_job(job_id, {"segmentation": sends[0][1]}, {"infer": 0.1}, sends, claimed["runs"])
-        return datasets
-
-    def states(self) -> Counter[str]:
-        return Counter(row["state"] for row in self.journal.query("SELECT state FROM outbox"))
-
-    def deliver(self, timeout: float, what: str) -> None:
-        """Run the sender until every outbox row is delivered."""
-        def done() -> bool:
-            self.sender.send_due()
-            states = self.states()
-            return set(states) == {"sent"}
-
-        wait_for(done, timeout, what, every=0.2)
-
-    def audit(self, event: str) -> Counter[tuple[str, str]]:
-        """(destination, SOP Instance UID) -> how often ``event`` was audited."""
-        rows = self.journal.query("SELECT actor, detail FROM audit WHERE event = ?", (event,))
-        return Counter((row["actor"], row["detail"].split(":")[0]) for row in rows)
+from tests.node_peers import (
+    NODE_AET,
+    DeliveryBench,
+    NodeProcess,
+    Orthanc,
+    free_port,
+    storescu,
+    wait_for,
+    write_instance,
+    write_small_study,
+)
 
 
 @pytest.fixture
@@ -113,10 +43,10 @@ def pacs(tmp_path: Path) -> Iterator[tuple[Orthanc, Orthanc, int]]:
     web.stop()
 
 
-def _bench(tmp_path: Path, dimse: Orthanc, web: Orthanc, node_port: int, **kwargs: Any) -> Bench:
+def _bench(tmp_path: Path, dimse: Orthanc, web: Orthanc, node_port: int, **kwargs: Any) -> DeliveryBench:
     destinations = [Destination("PACS", dimse.aet, "127.0.0.1", dimse.dicom_port, storage_commitment=True),
                     Destination("WEB", type=STOW, url=web.stow_url)]
-    bench = Bench(tmp_path / "node", destinations, node_port, **kwargs)  # node_port: where the PACS reports
+    bench = DeliveryBench(tmp_path / "node", destinations, node_port, **kwargs)  # node_port: where the PACS reports
     bench.scp.start()
     return bench
 
@@ -183,12 +113,12 @@ def test_no_report_within_the_timeout_resends_until_committed(tmp_path: Path, pa
 def test_a_node_restart_while_waiting_for_reports(tmp_path: Path, pacs: Any) -> None:
     dimse, _web, node_port = pacs
     destinations = [Destination("PACS", dimse.aet, "127.0.0.1", dimse.dicom_port, storage_commitment=True)]
-    before = Bench(tmp_path / "node", destinations, node_port, commitment_timeout=1.5)  # its SCP is not listening
+    before = DeliveryBench(tmp_path / "node", destinations, node_port, commitment_timeout=1.5)  # SCP not started
     datasets = before.add_job(outputs=2)
     before.sender.send_due()
     assert before.states() == Counter({"committing": 2}), "stored, waiting for the report"
     before.journal.close()  # the node stops; the PACS's report finds nobody listening
-    after = Bench(tmp_path / "node", destinations, node_port, commitment_timeout=1.5)
+    after = DeliveryBench(tmp_path / "node", destinations, node_port, commitment_timeout=1.5)
     assert after.states() == Counter({"committing": 2}), "the wait survives the restart (journal rows)"
     after.scp.start()
     try:
