@@ -50,6 +50,7 @@ class ResultSender:
         self, journal: Journal, destinations: Sequence[Destination], calling_ae: str,
         base_delay: float = 5.0, max_delay: float = 600.0, ssl_context: ssl.SSLContext | None = None,
         on_event: Callable[[str, str], None] | None = None, commitment_timeout: float = 300.0,
+        https_ca: Path | None = None,
     ) -> None:
         self.journal = journal
         self.destinations = {d.name: d for d in destinations}
@@ -58,6 +59,7 @@ class ResultSender:
         self.max_delay = max_delay
         self.ssl_context = ssl_context
         self.commitment_timeout = commitment_timeout
+        self.https_ca = https_ca
         self.on_event = on_event or (lambda _kind, _destination: None)
         self._lock = threading.Lock()
         self._report_lock = threading.Lock()
@@ -136,7 +138,7 @@ class ResultSender:
         paths = [Path(row["path"]) for row in rows]
         try:
             if destination.type == STOW:
-                results = stow_files(paths, destination)
+                results = stow_files(paths, destination, ca=self.https_ca)
             else:
                 results = send_files(paths, destination, self.calling_ae, self.ssl_context)
         except (DestinationUnavailable, OSError) as error:

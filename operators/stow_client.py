@@ -31,11 +31,16 @@ def _headers(destination: Destination) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def stow_files(paths: Sequence[Path], destination: Destination, timeout: float = 60.0) -> list[SendResult]:
-    """POST the files as one multipart STOW-RS request; raises DestinationUnavailable when the service
-    cannot be reached or refuses the whole request (HTTP error)."""
+def stow_files(paths: Sequence[Path], destination: Destination, timeout: float = 60.0,
+               ca: Path | None = None) -> list[SendResult]:
+    """POST the files as one multipart STOW-RS request (https verified against ``ca`` when given, else
+    the system's CAs); raises DestinationUnavailable when the service cannot be reached or refuses
+    the whole request (HTTP error)."""
     datasets = [pydicom.dcmread(path) for path in paths]
-    client = DICOMwebClient(destination.url, headers=_headers(destination), timeout=timeout)
+    session = requests.Session()
+    if ca is not None:
+        session.verify = str(ca)
+    client = DICOMwebClient(destination.url, session=session, headers=_headers(destination), timeout=timeout)
     client.set_http_retry_params(retry=False)  # the outbox retries, with its back-off per destination
     try:
         response = client.store_instances(datasets)

@@ -130,6 +130,22 @@ def test_a_node_restart_while_waiting_for_reports(tmp_path: Path, pacs: Any) -> 
     assert after.audit("result-committed") == Counter({("PACS", uid): 1 for uid in uids})
 
 
+def test_stow_token_file_is_read_at_every_send(tmp_path: Path, pacs: Any) -> None:
+    _dimse, web, node_port = pacs
+    token = tmp_path / "secrets" / "stow-token"
+    bench = DeliveryBench(tmp_path / "node", [Destination("WEB", type=STOW, url=web.stow_url, token_file=token)],
+                          node_port)
+    [dataset] = bench.add_job(outputs=1)
+    bench.sender.send_due()
+    [row] = bench.journal.query("SELECT state, attempts, last_error FROM outbox")
+    assert (row["state"], row["attempts"]) == ("pending", 1)
+    assert f"token file {token} cannot be read" in row["last_error"], "the missing secret is named"
+    token.parent.mkdir()
+    token.write_text("s3cret\n")
+    bench.deliver(20, "the result delivered once the token exists")
+    assert web.sop_instance_uids() == [str(dataset.SOPInstanceUID)]
+
+
 def test_a_failed_commitment_is_sent_again(tmp_path: Path, pacs: Any) -> None:
     dimse, web, node_port = pacs
     bench = _bench(tmp_path, dimse, web, node_port)

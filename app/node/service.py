@@ -126,7 +126,7 @@ class Node:
         self.sender = ResultSender(self.journal, destinations, settings.ae_title, settings.send_backoff,
                                    settings.send_backoff_max, client_tls,
                                    on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc(),
-                                   commitment_timeout=settings.commitment_timeout)
+                                   commitment_timeout=settings.commitment_timeout, https_ca=settings.tls_ca)
         self.scp = StorageSCP(ScpConfig(
             settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
             settings.max_associations,
