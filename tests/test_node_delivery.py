@@ -169,7 +169,7 @@ def test_a_failed_commitment_is_sent_again(tmp_path: Path, pacs: Any) -> None:
     assert bench.audit("result-committed") == Counter({("PACS", uid): 1})
 
 
-def test_node_delivers_to_pacs_with_commitment_and_to_stow(tmp_path: Path) -> None:
+def test_node_delivers_to_pacs_with_commitment_and_to_stow_across_a_pacs_restart(tmp_path: Path) -> None:
     study = write_small_study(tmp_path / "study", seed=141)
     node_port = free_port()
     dimse = Orthanc(tmp_path / "pacs", modalities={"node": ("SEGMAMBA", node_port)}).start()
@@ -183,8 +183,18 @@ def test_node_delivers_to_pacs_with_commitment_and_to_stow(tmp_path: Path) -> No
                          f"WEB={web.stow_url}+token={token}"]
     try:
         node.start()
+        dimse.stop()  # the PACS is down when the result is ready
         result = storescu(study.series[0].files[0].parent, node.port)
         assert result.returncode == 0, result.stdout + result.stderr
+
+        def waiting() -> Any:
+            jobs = [j for j in node.jobs() if j["study_uid"] == study.study_instance_uid and j["state"] == "done"]
+            states = {d["destination"]: d for d in jobs[0]["deliveries"]} if jobs else {}
+            return states if states.get("WEB", {}).get("delivered") and states.get("PACS", {}).get("error") else None
+
+        states = wait_for(waiting, 120, "the archive served while the PACS is down")
+        assert states["PACS"]["state"] == "pending" and states["PACS"]["attempts"] >= 1
+        dimse.start()
 
         def delivered() -> Any:
             jobs = [j for j in node.jobs() if j["study_uid"] == study.study_instance_uid]
