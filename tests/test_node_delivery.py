@@ -16,8 +16,12 @@ from typing import Any
 import pytest
 from pydicom.uid import MRImageStorage, generate_uid
 
+from app.node.executor import Outcome
+from app.node.worker import Worker
 from operators.destinations import STOW, Destination
+from operators.journal import InstanceRecord, Journal
 from operators.result_outputs import output_files
+from operators.spool import Spool
 from operators.storage_commitment import request_commitment
 from tests.node_peers import (
     NODE_AET,
@@ -243,3 +247,38 @@ def test_every_listed_output_is_delivered_else_the_segmentation(tmp_path: Path) 
     report.write_text(json.dumps({"outputs": [{"kind": "sr", "files": ["missing.dcm"]}]}))
     with pytest.raises(ValueError, match=r"output sr .*missing\.dcm is not a readable DICOM instance"):
         output_files(files)
+
+
+class _Finished:
+    """Stands in for the worker's child process: the job's outputs are already written."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    def run(self, *_args: Any, **_kwargs: Any) -> Outcome:
+        return Outcome("ok", files=self.files, stage_times={"infer": 0.1})
+
+
+def test_the_worker_queues_every_output_for_every_destination(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path)
+    study = generate_uid()
+    journal.record_instance(InstanceRecord(generate_uid(), study, generate_uid(), MRImageStorage, "MR",
+                                           tmp_path / "x.dcm", 1, "MODALITY"))
+    job_id = journal.queue_study(study, "quiet")
+    out = tmp_path / "out"
+    out.mkdir()
+    written = {name: write_instance(out / f"{name}.dcm", study) for name in ("seg", "sr", "sc1", "sc2")}
+    (out / "report.json").write_text(json.dumps({"outputs": [
+        {"kind": "seg", "files": ["seg.dcm"]}, {"kind": "sr", "files": ["sr.dcm"]},
+        {"kind": "sc", "files": ["sc1.dcm", "sc2.dcm"]}]}))
+    destinations = [Destination("PACS", "ORTHANC", "127.0.0.1", 104, storage_commitment=True),
+                    Destination("WEB", type=STOW, url="http://127.0.0.1:1/dicom-web")]
+    files = {"segmentation": str(out / "seg.dcm"), "report": str(out / "report.json")}
+    worker = Worker(journal, spool, _Finished(files), destinations, 60, 2)  # type: ignore[arg-type]
+    assert worker.run_one()
+    rows = journal.query("SELECT destination, kind, sop_uid, sop_class FROM outbox WHERE job_id = ? ORDER BY id",
+                         (job_id,))
+    expected = [(d, kind, str(written[name].SOPInstanceUID), MRImageStorage) for d in ("PACS", "WEB")
+                for name, kind in (("seg", "seg"), ("sr", "sr"), ("sc1", "sc"), ("sc2", "sc"))]
+    assert [tuple(row) for row in rows] == expected
