@@ -313,7 +313,8 @@ class Journal:
         """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid[, kind,
         sop_class]).
 
-        Pending sends of an earlier revision are superseded (never sent). When instances arrived
+        Pending sends of an earlier revision, and those awaiting a commitment report, are superseded (never
+        sent again). When instances arrived
         while the job ran (stale), the study is reopened as the next revision. False (nothing
         changed) when the job is no longer this run's."""
         now = self.clock()
@@ -328,8 +329,8 @@ class Journal:
                 (now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), seg_series_uid, job_id),
             )
             new_uids = {send[2] for send in sends}
-            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state = 'pending'",
-                                  (job_id,)).fetchall():
+            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state IN ('pending',"
+                                  " 'committing')", (job_id,)).fetchall():
                 if old["sop_uid"] not in new_uids:
                     db.execute("UPDATE outbox SET state = 'superseded' WHERE id = ?", (old["id"],))
             for destination, path, sop_uid, *more in sends:

@@ -150,6 +150,34 @@ def test_stow_token_file_is_read_at_every_send(tmp_path: Path, pacs: Any) -> Non
     assert web.sop_instance_uids() == [str(dataset.SOPInstanceUID)]
 
 
+def test_a_superseded_result_awaiting_commitment_is_not_sent_again(tmp_path: Path, pacs: Any) -> None:
+    dimse, _web, node_port = pacs
+    destinations = [Destination("PACS", dimse.aet, "127.0.0.1", dimse.dicom_port, storage_commitment=True)]
+    bench = DeliveryBench(tmp_path / "node", destinations, node_port, commitment_timeout=1.0)  # SCP not started
+    [old] = bench.add_job(outputs=1)
+    bench.sender.send_due()
+    assert bench.states() == Counter({"committing": 1})
+    study = str(old.StudyInstanceUID)
+    bench.journal.record_instance(InstanceRecord(generate_uid(), study, generate_uid(), MRImageStorage, "MR",
+                                                 tmp_path / "late.dcm", 1, "MODALITY"))  # reopens the study
+    assert bench.journal.queue_study(study, "quiet")
+    claimed = bench.journal.claim_job()
+    new = write_instance(tmp_path / "revision2.dcm", study)
+    assert bench.journal.finish_job(claimed["id"], {"segmentation": str(tmp_path / "revision2.dcm")}, {},
+                                    [("PACS", str(tmp_path / "revision2.dcm"), str(new.SOPInstanceUID), "seg",
+                                      MRImageStorage)], claimed["runs"])
+    bench.scp.start()
+    try:
+        time.sleep(1.5)  # past the old row's commitment deadline
+        wait_for(lambda: bench.sender.send_due() is not None and bench.states()["sent"] == 1, 20,
+                 "the new revision committed")
+    finally:
+        bench.scp.stop()
+    rows = {row["sop_uid"]: row["state"] for row in bench.journal.query("SELECT sop_uid, state FROM outbox")}
+    assert rows == {str(old.SOPInstanceUID): "superseded", str(new.SOPInstanceUID): "sent"}
+    assert bench.audit("result-stored")[("PACS", str(old.SOPInstanceUID))] == 1, "the old result is not resent"
+
+
 def test_a_failed_commitment_is_sent_again(tmp_path: Path, pacs: Any) -> None:
     dimse, web, node_port = pacs
     bench = _bench(tmp_path, dimse, web, node_port)
