@@ -313,10 +313,9 @@ class Journal:
         """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid[, kind,
         sop_class]).
 
-        Pending sends of an earlier revision, and those awaiting a commitment report, are superseded (never
-        sent again). When instances arrived
-        while the job ran (stale), the study is reopened as the next revision. False (nothing
-        changed) when the job is no longer this run's."""
+        Pending sends of an earlier revision, and those awaiting a commitment report, are superseded
+        (never sent again). When instances arrived while the job ran (stale), the study is reopened as
+        the next revision. False (nothing changed) when the job is no longer this run's."""
         now = self.clock()
         sends = list(sends)
         with self.transaction() as db:
