@@ -44,7 +44,8 @@ from operators.spool import Spool
 log = logging.getLogger(__name__)
 JOURNAL_ERRORS = (sqlite3.Error, OSError)
 BEAT_EVERY = 5.0  # seconds between journal heartbeats of a running job
-SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage SOP Class
+# Segmentation Storage and Label Map Segmentation Storage: the SOP classes a result's SEG may have.
+SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
 
 def first_line(text: str) -> str:
@@ -202,7 +203,8 @@ class Worker:
         files = dict(outcome.files)
         if revision > 0:
             previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? AND (sop_class IS NULL OR"
-                                          " sop_class = ?) ORDER BY id DESC LIMIT 1", (job_id, SEGMENTATION))
+                                          " sop_class IN (?, ?)) ORDER BY id DESC LIMIT 1",
+                                          (job_id, *SEGMENTATION_CLASSES))
             mark_superseding(files, job["seg_series_uid"], revision, previous[0]["sop_uid"] if previous else None)
         header = pydicom.dcmread(Path(files["segmentation"]), stop_before_pixels=True)
         sop_uid = str(header.SOPInstanceUID)
