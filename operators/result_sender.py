@@ -50,7 +50,7 @@ class ResultSender:
         self, journal: Journal, destinations: Sequence[Destination], calling_ae: str,
         base_delay: float = 5.0, max_delay: float = 600.0, ssl_context: ssl.SSLContext | None = None,
         on_event: Callable[[str, str], None] | None = None, commitment_timeout: float = 300.0,
-        https_ca: Path | None = None,
+        https_ca: Path | None = None, report_linger: float = 2.0,
     ) -> None:
         self.journal = journal
         self.destinations = {d.name: d for d in destinations}
@@ -60,6 +60,7 @@ class ResultSender:
         self.ssl_context = ssl_context
         self.commitment_timeout = commitment_timeout
         self.https_ca = https_ca
+        self.report_linger = report_linger  # seconds the N-ACTION association waits for a report on it
         self.on_event = on_event or (lambda _kind, _destination: None)
         self._lock = threading.Lock()
         self._report_lock = threading.Lock()
@@ -171,7 +172,8 @@ class ResultSender:
         instances = [(str(row["sop_class"] or _sop_class(Path(row["path"]))), str(row["sop_uid"])) for row in rows]
         try:
             request_commitment(destination, self.calling_ae, transaction, instances, self.on_commitment_report,
-                               self.ssl_context)
+                               self.ssl_context, settled=lambda: not self.journal.committing(transaction),
+                               linger=self.report_linger)
         except (DestinationUnavailable, OSError) as error:
             for row in self.journal.committing(transaction):
                 self._failed(row, str(error))

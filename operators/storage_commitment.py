@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,11 +94,13 @@ def report_handler(on_report: Callable[[CommitmentReport, str], None]) -> Callab
 def request_commitment(
     destination: Destination, calling_ae: str, transaction_uid: str, instances: Sequence[tuple[str, str]],
     on_report: Callable[[CommitmentReport, str], None], ssl_context: ssl.SSLContext | None = None,
-    timeout: float = 30.0,
+    timeout: float = 30.0, settled: Callable[[], bool] | None = None, linger: float = 0.0,
 ) -> None:
     """Send the N-ACTION; raises DestinationUnavailable when no association or no Success answer.
 
-    A report the PACS sends on this same association goes to ``on_report`` too."""
+    A report the PACS sends on this same association goes to ``on_report`` too: after the answer
+    the association stays open up to ``linger`` seconds, until ``settled()`` (the transaction has
+    its report, by whichever association it came)."""
     ae = AE(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(StorageCommitmentPushModel)
@@ -119,6 +122,9 @@ def request_commitment(
         if code != 0:
             raise DestinationUnavailable(f"{destination.name}: N-ACTION (storage commitment) answered "
                                          f"{'nothing' if code is None else f'0x{code:04X}'}")
+        deadline = time.monotonic() + linger
+        while settled is not None and assoc.is_established and time.monotonic() < deadline and not settled():
+            time.sleep(0.05)
     finally:
         if assoc.is_established:
             assoc.release()

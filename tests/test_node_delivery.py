@@ -6,6 +6,7 @@ this process; the last test runs the whole node (``python -m app serve``)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -13,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pydicom.uid import MRImageStorage, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from app.node.executor import Outcome
 from app.node.worker import Worker
@@ -22,7 +26,7 @@ from operators.destinations import STOW, Destination
 from operators.journal import InstanceRecord, Journal
 from operators.result_outputs import output_files
 from operators.spool import Spool
-from operators.storage_commitment import request_commitment
+from operators.storage_commitment import COMMITMENT_INSTANCE, request_commitment
 from tests.node_peers import (
     NODE_AET,
     DeliveryBench,
@@ -176,6 +180,47 @@ def test_a_superseded_result_awaiting_commitment_is_not_sent_again(tmp_path: Pat
     rows = {row["sop_uid"]: row["state"] for row in bench.journal.query("SELECT sop_uid, state FROM outbox")}
     assert rows == {str(old.SOPInstanceUID): "superseded", str(new.SOPInstanceUID): "sent"}
     assert bench.audit("result-stored")[("PACS", str(old.SOPInstanceUID))] == 1, "the old result is not resent"
+
+
+def test_a_report_on_the_requesting_association(tmp_path: Path) -> None:
+    """Orthanc reports on a new association; other PACS answer on the one that asked. pynetdicom plays
+    such a PACS: it stores, answers the N-ACTION, then reports on the same association."""
+    stored: dict[str, pydicom.Dataset] = {}
+
+    def on_store(event: Any) -> int:
+        stored[str(event.request.AffectedSOPInstanceUID)] = event.dataset
+        return 0x0000
+
+    def on_action(event: Any) -> tuple[int, None]:
+        info = event.action_information
+
+        def report() -> None:
+            time.sleep(0.2)  # after the N-ACTION response
+            answer = pydicom.Dataset()
+            answer.TransactionUID = info.TransactionUID
+            answer.ReferencedSOPSequence = [i for i in info.ReferencedSOPSequence
+                                            if str(i.ReferencedSOPInstanceUID) in stored]
+            event.assoc.send_n_event_report(answer, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+
+        threading.Thread(target=report, daemon=True).start()
+        return 0x0000, None
+
+    pacs = AE("SAMEPACS")
+    pacs.add_supported_context(StorageCommitmentPushModel)
+    pacs.add_supported_context(MRImageStorage)
+    port = free_port()
+    server = pacs.start_server(("127.0.0.1", port), block=False,
+                               evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_N_ACTION, on_action)])
+    try:
+        bench = DeliveryBench(tmp_path / "node", [Destination("SAME", "SAMEPACS", "127.0.0.1", port,
+                                                              storage_commitment=True)], free_port())
+        datasets = bench.add_job(outputs=2)
+        assert bench.sender.send_due() == 2
+    finally:
+        server.shutdown()
+    assert bench.states() == Counter({"sent": 2}), "committed by the report on the requesting association"
+    assert set(stored) == {str(ds.SOPInstanceUID) for ds in datasets}
+    assert bench.audit("result-committed") == Counter({("SAME", uid): 1 for uid in stored})
 
 
 def test_a_failed_commitment_is_sent_again(tmp_path: Path, pacs: Any) -> None:
