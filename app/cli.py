@@ -55,9 +55,13 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--forced-seconds", float, "ready at the latest this long after the first instance (default 3600)"),
     ("--job-timeout", float, "seconds one job may run (default 1800)"),
     ("--job-retries", int, "further attempts after a transient failure (default 2)"),
-    ("--destinations", str, "C-STORE destination NAME=AET@HOST:PORT[+tls]; repeat for several"),
+    ("--destinations", str, "destination NAME=AET@HOST:PORT[+tls][+commit] (C-STORE, +commit: Storage Commitment "
+                            "required) or NAME=http(s)://HOST/dicom-web[+token=FILE] (STOW-RS), or a JSON list "
+                            "of mappings; repeat for several"),
     ("--send-backoff", float, "first retry delay in seconds while a destination is down (default 5)"),
     ("--send-backoff-max", float, "longest retry delay in seconds (default 600)"),
+    ("--commitment-timeout", float, "seconds to wait for a Storage Commitment report before sending again "
+                                    "(default 300)"),
     ("--http-port", int, "web port: status page, /healthz, /metrics (default 8080; 0 = any free port)"),
     ("--http-bind", str, "web address (default 127.0.0.1)"),
     ("--retention-days", float, "delete spool files of finished jobs after this many days (default 7)"),
@@ -148,8 +152,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app serve",
         description="Run the DICOM node: a Storage SCP (and optional inbox folder) receives studies, each complete "
-                    "study is segmented once, its DICOM-SEG is sent to the destinations. Status page, /healthz and "
-                    "/metrics on the web port.",
+                    "study is segmented once, its DICOM outputs are sent to the destinations. Status page, /healthz "
+                    "and /metrics on the web port.",
     )
     _setting_options(parser)
     for option, kind, text in NODE_OPTIONS:

@@ -37,13 +37,16 @@ import pydicom
 
 from app.logs import log_context
 from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, WorkerStopped, after_out_of_memory
+from operators.destinations import Destination
 from operators.journal import Journal
+from operators.result_outputs import output_files
 from operators.spool import Spool
-from operators.storage_scu import Destination
 
 log = logging.getLogger(__name__)
 JOURNAL_ERRORS = (sqlite3.Error, OSError)
 BEAT_EVERY = 5.0  # seconds between journal heartbeats of a running job
+# Segmentation Storage and Label Map Segmentation Storage: the SOP classes a result's SEG may have.
+SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
 
 def first_line(text: str) -> str:
@@ -208,17 +211,18 @@ class Worker:
         job_id, study, revision = int(job["id"]), str(job["study_uid"]), int(job["revision"])
         files = dict(outcome.files)
         if revision > 0:
-            previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? ORDER BY id DESC LIMIT 1",
-                                          (job_id,))
+            previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? AND (sop_class IS NULL OR"
+                                          " sop_class IN (?, ?)) ORDER BY id DESC LIMIT 1",
+                                          (job_id, *SEGMENTATION_CLASSES))
             mark_superseding(files, job["seg_series_uid"], revision, previous[0]["sop_uid"] if previous else None)
-        seg = Path(files["segmentation"])
-        header = pydicom.dcmread(seg, stop_before_pixels=True)
+        header = pydicom.dcmread(Path(files["segmentation"]), stop_before_pixels=True)
         sop_uid = str(header.SOPInstanceUID)
-        sends = [(d.name, str(seg), sop_uid) for d in self.destinations]
+        outputs = output_files(files)
+        sends = [(d.name, str(o.path), o.sop_uid, o.kind, o.sop_class) for d in self.destinations for o in outputs]
         if not self.journal.finish_job(job_id, files, outcome.stage_times, sends, int(job["runs"]),
                                        str(header.SeriesInstanceUID)):
             log.warning("study %s job %d: result discarded, the job was taken back meanwhile", study, job_id)
             return
-        log.info("study %s job %d: done in %.1f s, SEG %s%s queued for %s", study, job_id,
+        log.info("study %s job %d: done in %.1f s, SEG %s%s and %d other output(s) queued for %s", study, job_id,
                  sum(outcome.stage_times.values()), sop_uid, f" (revision {revision + 1})" if revision else "",
-                 [d.name for d in self.destinations])
+                 len(outputs) - 1, [d.name for d in self.destinations])
