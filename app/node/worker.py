@@ -62,24 +62,52 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def _rename_uid(dataset: pydicom.Dataset, old: str, new: str) -> int:
+    """Replace every UI value ``old`` by ``new`` in ``dataset`` and its sequences; the count replaced."""
+    replaced = 0
+
+    def visit(ds: pydicom.Dataset, element: pydicom.DataElement) -> None:
+        nonlocal replaced
+        if element.VR == "UI" and element.value == old:
+            element.value = new
+            replaced += 1
+
+    dataset.walk(visit)
+    return replaced
+
+
 def mark_superseding(files: dict[str, str], series_uid: str | None, revision: int, supersedes: str | None) -> None:
     """Make a result the next revision of a study's result: the SEG joins ``series_uid`` as instance
     ``revision + 1`` with a ContentDescription saying it supersedes the previous instance; report.json
-    names the superseded SEG (``supersedes``)."""
+    names the superseded SEG (``supersedes``). The other outputs that reference the SEG's series (the SR's
+    segment references) and report.json's ``outputs`` are moved to that series with it."""
     seg_path = Path(files["segmentation"])
     seg = pydicom.dcmread(seg_path)
+    written_series = str(seg.SeriesInstanceUID)
     if series_uid:
         seg.SeriesInstanceUID = series_uid
     seg.InstanceNumber = revision + 1
     seg.ContentDescription = f"Revision {revision + 1}: supersedes instance {revision} of this series"  # LO: 64
     _replace_atomically(seg_path, lambda target: seg.save_as(target, enforce_file_format=True))
     report_path = Path(files.get("report", ""))
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        report["revision"] = revision + 1
-        report["supersedes"] = {"sop_instance_uid": supersedes, "series_instance_uid": series_uid,
-                                "reason": "instances arrived after the previous result; this result replaces it"}
-        _replace_atomically(report_path, lambda target: target.write_text(json.dumps(report, indent=2)))
+    if not report_path.is_file():
+        return
+    report = json.loads(report_path.read_text())
+    if series_uid and series_uid != written_series:
+        for entry in report.get("outputs") or []:
+            if entry.get("series_instance_uid") == written_series:
+                entry["series_instance_uid"] = series_uid
+            for name in entry.get("files") or []:
+                path = Path(name) if Path(name).is_absolute() else report_path.parent / name
+                if path.resolve() == seg_path.resolve() or not path.is_file():
+                    continue
+                output = pydicom.dcmread(path)
+                if _rename_uid(output, written_series, series_uid):
+                    _replace_atomically(path, lambda target, ds=output: ds.save_as(target, enforce_file_format=True))
+    report["revision"] = revision + 1
+    report["supersedes"] = {"sop_instance_uid": supersedes, "series_instance_uid": series_uid,
+                            "reason": "instances arrived after the previous result; this result replaces it"}
+    _replace_atomically(report_path, lambda target: target.write_text(json.dumps(report, indent=2)))
 
 
 class Worker:
