@@ -30,6 +30,10 @@ def _setting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (default: model card)")
     parser.add_argument("--mirror-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="8-way mirroring test-time augmentation (default: model card)")
+    parser.add_argument("--registration", choices=("card", "on", "off"),
+                        help="rigid registration of every series onto the reference (default: model card)")
+    parser.add_argument("--brain-extraction", choices=("card", "on", "off"),
+                        help="deepbet brain mask applied to every channel (default: model card)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar during inference (default on)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
@@ -160,7 +164,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "workdir", "models", "device", "reference_role", "series_rules", "sw_batch_size",
-            "mirror_tta", "progress", "log_level")
+            "mirror_tta", "registration", "brain_extraction", "progress", "log_level")
     keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
     return {key: getattr(args, key, None) for key in keys}
 
