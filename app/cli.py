@@ -140,6 +140,12 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="synthetic head: MNI152 template anatomy (default) or the analytic phantom")
     parser.add_argument("--scale", type=float, default=1.0, help="coarsen every series' voxels by this factor")
     parser.add_argument("--keep-studies", action="store_true", help="keep the written DICOM studies")
+    parser.add_argument("--motion-mm", type=float, default=5.0,
+                        help="patient motion before each series after the T1c: up to this many mm (default 5)")
+    parser.add_argument("--motion-deg", type=float, default=5.0, help="... and up to this many degrees (default 5)")
+    parser.add_argument("--pose-mm", type=float, default=10.0, help="random head shift in the scanner (default 10 mm)")
+    parser.add_argument("--pose-deg", type=float, default=15.0,
+                        help="random head rotation in the scanner (default 15 degrees)")
     _setting_options(parser)
     return parser
 
@@ -248,10 +254,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = _sub_command_settings(args)
     if settings is None:
         return EXIT_STUDY_FAILED
-    from app.evaluation import run_evaluation
+    from app.evaluation import StudyMotion, run_evaluation
 
+    motion = StudyMotion(args.motion_mm, args.motion_deg, args.pose_mm, args.pose_deg)
     summary = run_evaluation(settings, args.cases, args.seed, args.dir, anatomy_kind=args.anatomy, scale=args.scale,
-                             keep=args.keep_studies)
+                             keep=args.keep_studies, motion=motion)
     print(summary["table"])
     if summary["failed"]:
         print(f"studies rejected by the application (scored 0): {', '.join(summary['failed'])}")

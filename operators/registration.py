@@ -31,6 +31,9 @@ from operators.volume import ImageVolume
 log = logging.getLogger(__name__)
 
 
+SHRINK_FACTORS = (4, 2, 1)
+
+
 @dataclass(frozen=True)
 class RegistrationLimits:
     """The largest motion accepted between the reference and another series."""
@@ -119,6 +122,7 @@ def register_rigid(
     limits: RegistrationLimits = RegistrationLimits(),
     *,
     sampling_fraction: float = 0.1,
+    max_samples: int = 100_000,
     seed: int = 20261201,
     iterations: int = 200,
 ) -> RigidRegistration:
@@ -134,12 +138,16 @@ def register_rigid(
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(sampling_fraction, seed)
+    # At most `max_samples` metric samples per pyramid level: a 1 mm head has ~13 M voxels, and 10 %
+    # of them cost minutes per series on a loaded CPU for no gain in accuracy.
+    voxels = float(np.prod(fixed.shape))
+    method.SetMetricSamplingPercentagePerLevel(
+        [min(sampling_fraction, max_samples / max(voxels / shrink**3, 1.0)) for shrink in SHRINK_FACTORS], seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=iterations,
                                                     gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
     method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
