@@ -241,6 +241,13 @@ class MovedHead:
     def render(self, shape: tuple[int, int, int], affine: np.ndarray) -> dict[str, np.ndarray]:
         return self.sample(grid_points(shape, affine))
 
+    def bounds(self) -> np.ndarray:
+        """(2, 3) LPS box holding the moved head (the base's box corners moved)."""
+        box = self.base.bounds()
+        corners = np.array([[x, y, z, 1.0] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]])
+        moved = corners @ self.matrix[:3].T
+        return np.array([moved.min(axis=0), moved.max(axis=0)])
+
 
 def orientation_frame(spec: SeriesSpec) -> np.ndarray:
     """3x3 matrix whose columns are the row, column and slice-normal directions (LPS)."""
