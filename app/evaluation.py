@@ -186,6 +186,15 @@ def score_case(seg_path: Path, truth: np.ndarray, shape: tuple[int, int, int], a
     return region_metrics(predicted, truth, tuple(float(s) for s in spacing)), volumes
 
 
+def case_anatomy(anatomy_kind: str, seed: int, motion: StudyMotion = NO_MOTION) -> tuple[Anatomy, tuple[float, ...]]:
+    """The head of case ``seed`` in its random pose in the scanner, and that pose (empty: none)."""
+    anatomy = random_anatomy(anatomy_kind, seed)
+    if motion.pose_mm <= 0 and motion.pose_deg <= 0:
+        return anatomy, ()
+    pose = random_motion(np.random.default_rng([seed, 2]), motion.pose_mm, motion.pose_deg)
+    return MovedHead(anatomy, rigid_motion(pose, anatomy.center)), pose
+
+
 def _report_figures(report_path: Path, applied: dict[str, np.ndarray], centre: np.ndarray
                     ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
     """Registration residual per series and the brain-extraction figures from a written report.json."""
@@ -217,11 +226,7 @@ def evaluate_case(settings: Settings, process: Callable[[Path, Path], Path], lab
     orientation = ORIENTATIONS[index % len(ORIENTATIONS)]
     name = f"SYN-DICOM-{seed:05d}"
     rng = np.random.default_rng([seed, 1])
-    anatomy = random_anatomy(anatomy_kind, seed)
-    pose: tuple[float, ...] = ()
-    if motion.pose_mm > 0 or motion.pose_deg > 0:
-        pose = random_motion(np.random.default_rng([seed, 2]), motion.pose_mm, motion.pose_deg)
-        anatomy = MovedHead(anatomy, rigid_motion(pose, anatomy.center))
+    anatomy, pose = case_anatomy(anatomy_kind, seed, motion)
     case_dir = work_dir / name
     if case_dir.exists():
         shutil.rmtree(case_dir)
@@ -317,4 +322,9 @@ def run_evaluation(settings: Settings, cases: int, seed: int, out_dir: Path, ana
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["table"] = format_summary(summary["metrics"], cases) + "\n\n" + orientation_table(by_orientation)
+    residual = summary["preprocessing"]["registration_residual"]
+    if residual:
+        summary["table"] += (f"\n\nregistration residual over {residual['series']} series: mean "
+                             f"{residual['mean_mm']:.2f} mm / {residual['mean_deg']:.2f} deg, worst "
+                             f"{residual['max_mm']:.2f} mm / {residual['max_deg']:.2f} deg")
     return summary

@@ -116,6 +116,22 @@ def _matrix(transform: sitk.Euler3DTransform) -> np.ndarray:
     return matrix
 
 
+NEAR_START_MM = 1.0  # a found transform this close to the start that lowers the similarity keeps the start
+NEAR_START_DEG = 1.0
+
+
+def _near_start(euler: sitk.Euler3DTransform, fixed: ImageVolume) -> bool:
+    """Whether the transform moves the fixed series' voxels by at most NEAR_START_MM and rotates at most
+    NEAR_START_DEG (the start is the identity)."""
+    matrix = _matrix(euler)
+    corners = np.array([[a, b, c, 1.0] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    corners[:, :3] *= np.array(fixed.shape) - 1
+    world = corners @ fixed.affine.T
+    moved = np.linalg.norm((world @ (matrix - np.eye(4)).T)[:, :3], axis=1).max()
+    angle = np.degrees(Rotation.from_matrix(matrix[:3, :3]).magnitude())
+    return bool(moved <= NEAR_START_MM and angle <= NEAR_START_DEG)
+
+
 def register_rigid(
     fixed: ImageVolume,
     moving: ImageVolume,
@@ -160,6 +176,13 @@ def register_rigid(
         method.SetInitialTransform(euler, inPlace=False)
         after = float(method.MetricEvaluate(fixed_image, moving_image))
         stop, count = method.GetOptimizerStopConditionDescription(), int(method.GetOptimizerIteration())
+        if after > before and _near_start(euler, fixed):
+            # Series on one voxel grid (a 3D T1 and T1c of one geometry) peak at the start: linear
+            # interpolation blurs every sub-voxel shift. A result this close to the start that lowers the
+            # similarity is that artefact, not a failure: the start is kept.
+            euler, after = sitk.Euler3DTransform(initial), before
+            stop += "; kept the start (higher similarity there, found transform within "
+            stop += f"{NEAR_START_MM:g} mm / {NEAR_START_DEG:g} deg of it)"
     except RuntimeError as error:
         log.warning("rigid registration failed: %s", str(error).strip().splitlines()[-1])
         return RigidRegistration(
