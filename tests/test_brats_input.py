@@ -191,3 +191,40 @@ def test_brain_extraction_keeps_an_edge_lesion_and_masks_every_channel(tmp_path:
     section = preprocessing_section(Prediction(labels=tumour.astype(np.uint8), model_input=model_input))
     assert section["brain_extraction"]["tumour_fraction_inside_mask"] >= 0.99
     assert abs(section["brain_extraction"]["mask_volume_ml"] - brain.sum() / 1000.0) < 0.1 * brain.sum() / 1000.0
+
+
+def test_atlas_places_the_model_grid_on_the_head(tmp_path: Path) -> None:
+    from operators.input_steps import atlas_template
+    from operators.reorientation import model_grid
+    from segmamba.synthetic.template import random_template_head
+
+    # The synthetic head is the MNI152 template moved rigidly (no elastic part, unit scale): the atlas
+    # registration must find that motion.
+    head = dataclasses.replace(random_template_head(5), elastic_mm=0.0, scale=(1.0, 1.0, 1.0), lesion=None,
+                               mass_effect=0.0)
+    convention = {"orientation": ["S", "P", "L"], "spacing_mm": 1.0, "normalize": "none", "atlas": {"enabled": True},
+                  "brain_extraction": {"contrast": "t1n"}}
+    card = load_model_card(card_folder(tmp_path, convention))
+    box = head.bounds()
+    centre = tuple(float(v) for v in box.mean(axis=0))
+    columns, rows, slices = (int(n) for n in np.ceil((box[1] - box[0] + 8.0) / 2.0))
+    t1 = dict(rows=rows, columns=columns, slices=slices, pixel_spacing=(2.0, 2.0), slice_thickness=2.0, center=centre)
+    coarse = dict(rows=rows // 2, columns=columns // 2, slices=slices // 2, pixel_spacing=(4.0, 4.0),
+                  slice_thickness=4.0, center=centre)
+    specs = [SeriesSpec("t1n", "T1", "axial", **t1), SeriesSpec("t1c", "T1C", "axial", **coarse),
+             SeriesSpec("t2w", "T2", "axial", **coarse), SeriesSpec("t2f", "FLAIR", "axial", **coarse)]
+    model_input, _ = model_input_of(tmp_path / "study", specs, card, anatomy=head)
+    template = atlas_template()
+    shape, template_affine = model_grid(template, ("S", "P", "L"), 1.0)
+    assert tuple(model_input.grid_shape) == tuple(shape)
+    world_from_template = model_input.grid_affine @ np.linalg.inv(template_affine)
+    corners = np.array([[x, y, z] for x in (-60.0, 60.0) for y in (-90.0, 50.0) for z in (-50.0, 70.0)])
+    template_points = corners + np.array([0.0, 18.0, 10.0])  # around the brain (template LPS mm)
+    found = template_points @ world_from_template[:3, :3].T + world_from_template[:3, 3]
+    truth = np.array([head.to_world(point) for point in template_points])
+    error = np.linalg.norm(found - truth, axis=1)
+    print(f"\natlas placement: {error.mean():.2f} mm mean, {error.max():.2f} mm worst over the brain box corners; "
+          f"{model_input.preprocessing.atlas}")
+    assert error.max() <= 3.0
+    section = model_input.preprocessing.to_dict()
+    assert "stand-in" in section["atlas"]["template"] and section["convention"]["atlas"]["enabled"]
