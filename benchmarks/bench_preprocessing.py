@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo's packages
 
 from app.evaluation import motion_residual
 from app.synthetic_study import MovedHead, random_motion, rigid_motion

@@ -228,3 +228,40 @@ def test_atlas_places_the_model_grid_on_the_head(tmp_path: Path) -> None:
     assert error.max() <= 3.0
     section = model_input.preprocessing.to_dict()
     assert "stand-in" in section["atlas"]["template"] and section["convention"]["atlas"]["enabled"]
+
+
+@pytest.mark.parametrize("registration", ["card", "off"])
+def test_application_applies_the_convention_and_the_ablation_switch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], registration: str
+) -> None:
+    from app.cli import main
+    from tests.seg_geometry import seg_dice
+    from tests.test_app_batch import REFERENCE_DESCRIPTION, REFERENCE_SPECS, phantom_with_lesion, protocol
+
+    phantom = phantom_with_lesion(seed=5)
+    study = write_study(tmp_path / "in", phantom, protocol(REFERENCE_SPECS["sagittal"]), seed=3)
+    convention = {"orientation": ["S", "P", "L"], "spacing_mm": 2.0, "normalize": "none",
+                  "registration": {"enabled": True, "onto": "t1c"}}
+    model = card_folder(tmp_path, convention)
+    code = main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model), "--no-progress",
+                 "--registration", registration])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    section = report["preprocessing"]
+    assert section["grid"]["orientation"] == ["S", "P", "L"] and section["grid"]["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert section["convention"]["registration"]["enabled"] == (registration == "card")
+    if registration == "card":
+        assert set(section["registration"]) == {"t1n", "t2w", "t2f"}
+        assert all(entry["accepted"] and entry["translation_norm_mm"] < 1.0
+                   for entry in section["registration"].values())  # the phantom did not move
+        assert section["seconds"]["registration"] > 0
+    else:
+        assert section["registration"] is None and "registration" not in section["seconds"]
+    assert section["brain_extraction"] is None
+    import highdicom as hd
+
+    seg = hd.seg.segread(tmp_path / "out" / "segmentation.dcm")
+    reference = study.by_description(REFERENCE_DESCRIPTION)
+    truth = truth_labels(phantom, reference)
+    assert seg.Rows == reference.shape[1] and seg.Columns == reference.shape[0]  # on the native T1c grid
+    assert seg_dice(seg, {1, 2, 3}, phantom, {1, 2, 3}, int((truth > 0).sum())) >= 0.95
