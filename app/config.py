@@ -48,6 +48,7 @@ INT_FIELDS.update({"max_job_runs": 1})
 FLOAT_FIELDS.update({"heartbeat_timeout": 1.0, "retention_interval": 0.1})
 # --- end node core safety ---
 ROLES = ("t1n", "t1c", "t2w", "t2f")
+STEP_SWITCHES = ("card", "on", "off")  # registration / brain_extraction: the card's choice, or forced
 DESTINATION_KEYS = ("name", "type", "ae_title", "host", "port", "tls", "url", "token_file", "storage_commitment")
 DESTINATION_TYPES = ("dimse", "stow")
 
@@ -69,6 +70,8 @@ class Settings:
     series_rules: Path | None = None
     sw_batch_size: int | None = None
     mirror_tta: bool | None = None
+    registration: str = "card"
+    brain_extraction: str = "card"
     progress: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
@@ -141,6 +144,10 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         return str(value).strip().lower()
     if name == "reference_role" and value not in ROLES:
         raise ConfigError(f"setting 'reference_role' must be one of {ROLES}, got {value!r}")
+    if name in ("registration", "brain_extraction") and str(value).strip().lower() not in STEP_SWITCHES:
+        raise ConfigError(f"setting {name!r} must be one of {STEP_SWITCHES}, got {value!r}")
+    if name in ("registration", "brain_extraction"):
+        return str(value).strip().lower()
     if name == "allowed_calling_aes":
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(item).strip() for item in items if str(item).strip())
