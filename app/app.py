@@ -17,6 +17,7 @@ from monai.deploy.core import Application
 
 from app.config import Settings
 from operators.inference import SegmentationOperator
+from operators.input_convention import with_overrides
 from operators.model_card import ModelCard
 from operators.model_input import ModelInputOperator
 from operators.overlay_writer import OverlayOperator
@@ -84,8 +85,10 @@ class SegmentationApp(Application):
         settings = self.settings
         load_study = _TimedLoader(self, CountCondition(self, 1), input_folder=Path(settings.input), name="load_study")
         select_series = _TimedSelector(self, rules=settings.series_rules, name="select_series")
+        convention = with_overrides(self.card.convention, settings.registration, settings.brain_extraction)
         build_input = _TimedModelInput(
-            self, card=self.card, reference_role=settings.reference_role, name="build_model_input"
+            self, card=self.card, reference_role=settings.reference_role, convention=convention,
+            name="build_model_input",
         )
         infer = _TimedSegmentation(
             self, segmenter=self.segmenter, postprocessing=self.card.postprocessing, name="infer"

@@ -30,6 +30,10 @@ def _setting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (default: model card)")
     parser.add_argument("--mirror-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="8-way mirroring test-time augmentation (default: model card)")
+    parser.add_argument("--registration", choices=("card", "on", "off"),
+                        help="rigid registration of every series onto the reference (default: model card)")
+    parser.add_argument("--brain-extraction", choices=("card", "on", "off"),
+                        help="deepbet brain mask applied to every channel (default: model card)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar during inference (default on)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
@@ -55,9 +59,13 @@ NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("--forced-seconds", float, "ready at the latest this long after the first instance (default 3600)"),
     ("--job-timeout", float, "seconds one job may run (default 1800)"),
     ("--job-retries", int, "further attempts after a transient failure (default 2)"),
-    ("--destinations", str, "C-STORE destination NAME=AET@HOST:PORT[+tls]; repeat for several"),
+    ("--destinations", str, "destination NAME=AET@HOST:PORT[+tls][+commit] (C-STORE, +commit: Storage Commitment "
+                            "required) or NAME=http(s)://HOST/dicom-web[+token=FILE] (STOW-RS), or a JSON list "
+                            "of mappings; repeat for several"),
     ("--send-backoff", float, "first retry delay in seconds while a destination is down (default 5)"),
     ("--send-backoff-max", float, "longest retry delay in seconds (default 600)"),
+    ("--commitment-timeout", float, "seconds to wait for a Storage Commitment report before sending again "
+                                    "(default 300)"),
     ("--http-port", int, "web port: status page, /healthz, /metrics (default 8080; 0 = any free port)"),
     ("--http-bind", str, "web address (default 127.0.0.1)"),
     ("--retention-days", float, "delete spool files of finished jobs after this many days (default 7)"),
@@ -140,6 +148,12 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="synthetic head: MNI152 template anatomy (default) or the analytic phantom")
     parser.add_argument("--scale", type=float, default=1.0, help="coarsen every series' voxels by this factor")
     parser.add_argument("--keep-studies", action="store_true", help="keep the written DICOM studies")
+    parser.add_argument("--motion-mm", type=float, default=5.0,
+                        help="patient motion before each series after the T1c: up to this many mm (default 5)")
+    parser.add_argument("--motion-deg", type=float, default=5.0, help="... and up to this many degrees (default 5)")
+    parser.add_argument("--pose-mm", type=float, default=10.0, help="random head shift in the scanner (default 10 mm)")
+    parser.add_argument("--pose-deg", type=float, default=15.0,
+                        help="random head rotation in the scanner (default 15 degrees)")
     _setting_options(parser)
     return parser
 
@@ -148,8 +162,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app serve",
         description="Run the DICOM node: a Storage SCP (and optional inbox folder) receives studies, each complete "
-                    "study is segmented once, its DICOM-SEG is sent to the destinations. Status page, /healthz and "
-                    "/metrics on the web port.",
+                    "study is segmented once, its DICOM outputs are sent to the destinations. Status page, /healthz "
+                    "and /metrics on the web port.",
     )
     _setting_options(parser)
     for option, kind, text in NODE_OPTIONS:
@@ -164,7 +178,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "workdir", "models", "device", "reference_role", "series_rules", "sw_batch_size",
-            "mirror_tta", "progress", "log_level", "output_sr", "output_rtstruct", "output_sc")
+            "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "output_sr",
+            "output_rtstruct", "output_sc")
     keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
     return {key: getattr(args, key, None) for key in keys}
 
@@ -238,10 +253,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = _sub_command_settings(args)
     if settings is None:
         return EXIT_STUDY_FAILED
-    from app.evaluation import run_evaluation
+    from app.evaluation import StudyMotion, run_evaluation
 
+    motion = StudyMotion(args.motion_mm, args.motion_deg, args.pose_mm, args.pose_deg)
     summary = run_evaluation(settings, args.cases, args.seed, args.dir, anatomy_kind=args.anatomy, scale=args.scale,
-                             keep=args.keep_studies)
+                             keep=args.keep_studies, motion=motion)
     print(summary["table"])
     if summary["failed"]:
         print(f"studies rejected by the application (scored 0): {', '.join(summary['failed'])}")

@@ -40,13 +40,17 @@ INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "
 FLOAT_FIELDS = {"quiet_seconds": 0.0, "stable_seconds": 0.0, "forced_seconds": 0.0, "job_timeout": 1.0,
                 "send_backoff": 0.01, "send_backoff_max": 0.01, "retention_days": 0.0,
                 # node intake and security
-                "association_request_timeout": 0.1}
+                "association_request_timeout": 0.1,
+                # delivery: seconds to wait for a Storage Commitment report before resending
+                "commitment_timeout": 1.0}
 # --- node core safety (health, heartbeats, retention): minimums of its settings ---
 INT_FIELDS.update({"max_job_runs": 1})
 FLOAT_FIELDS.update({"heartbeat_timeout": 1.0, "retention_interval": 0.1})
 # --- end node core safety ---
 ROLES = ("t1n", "t1c", "t2w", "t2f")
-DESTINATION_KEYS = ("name", "ae_title", "host", "port", "tls")
+STEP_SWITCHES = ("card", "on", "off")  # registration / brain_extraction: the card's choice, or forced
+DESTINATION_KEYS = ("name", "type", "ae_title", "host", "port", "tls", "url", "token_file", "storage_commitment")
+DESTINATION_TYPES = ("dimse", "stow")
 
 
 class ConfigError(ConfigurationError, ValueError):
@@ -66,6 +70,8 @@ class Settings:
     series_rules: Path | None = None
     sw_batch_size: int | None = None
     mirror_tta: bool | None = None
+    registration: str = "card"
+    brain_extraction: str = "card"
     progress: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
@@ -92,6 +98,7 @@ class Settings:
     destinations: tuple[Mapping[str, Any], ...] = ()
     send_backoff: float = 5.0
     send_backoff_max: float = 600.0
+    commitment_timeout: float = 300.0
     http_port: int = 8080
     http_bind: str = "127.0.0.1"
     retention_days: float = 7.0
@@ -137,11 +144,19 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         return str(value).strip().lower()
     if name == "reference_role" and value not in ROLES:
         raise ConfigError(f"setting 'reference_role' must be one of {ROLES}, got {value!r}")
+    if name in ("registration", "brain_extraction") and str(value).strip().lower() not in STEP_SWITCHES:
+        raise ConfigError(f"setting {name!r} must be one of {STEP_SWITCHES}, got {value!r}")
+    if name in ("registration", "brain_extraction"):
+        return str(value).strip().lower()
     if name == "allowed_calling_aes":
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(item).strip() for item in items if str(item).strip())
     if name == "destinations":
-        return tuple(_destination(item) for item in (value.split(",") if isinstance(value, str) else value))
+        parsed = tuple(_destination(item) for item in _destination_items(value))
+        names = [d["name"] for d in parsed]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"setting 'destinations': names must be unique (each has its own outbox), got {names}")
+        return parsed
     return str(value)
 
 
@@ -166,22 +181,73 @@ def _number(name: str, value: Any) -> int | float:
     return number
 
 
+def _destination_items(value: Any) -> list[Any]:
+    """Destinations from app.yaml (a list), the environment or the CLI (text, comma-separated or JSON/YAML)."""
+    items = [value] if isinstance(value, (str, Mapping)) else list(value)
+    found: list[Any] = []
+    for item in items:
+        if isinstance(item, str) and item.strip().startswith(("[", "{")):
+            try:
+                item = yaml.safe_load(item)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"setting 'destinations': not a JSON/YAML list of mappings: {error}") from error
+            found.extend([item] if isinstance(item, Mapping) else item)
+        elif isinstance(item, str):
+            found.extend(part for part in item.split(",") if part.strip())
+        else:
+            found.append(item)
+    return found
+
+
 def _destination(item: Any) -> dict[str, Any]:
-    """A C-STORE destination from a mapping or from text ``NAME=AET@HOST:PORT[+tls]``."""
+    """A destination from a mapping or from text: ``NAME=AET@HOST:PORT[+tls][+commit]`` (C-STORE, ``+commit``:
+    Storage Commitment required) or ``NAME=http(s)://.../dicom-web`` (STOW-RS)."""
     if isinstance(item, str):
-        match = re.fullmatch(r"\s*(?:([\w.-]+)=)?([^@=\s]{1,16})@([\w.:-]+):(\d+)(\+tls)?\s*", item)
-        if not match:
-            raise ConfigError(f"destination {item!r} must look like NAME=AET@HOST:PORT (optionally +tls)")
-        name, aet, host, port, tls = match.groups()
-        item = {"name": name or aet, "ae_title": aet, "host": host, "port": port, "tls": bool(tls)}
-    if not isinstance(item, Mapping) or not {"ae_title", "host", "port"} <= set(item):
-        raise ConfigError(f"destination {item!r} needs ae_title, host and port")
+        item = _destination_text(item)
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"destination {item!r} must be a mapping or NAME=AET@HOST:PORT / NAME=URL")
     unknown = sorted(set(item) - set(DESTINATION_KEYS))
     if unknown:
         raise ConfigError(f"destination {item!r}: unknown keys {unknown}; known: {list(DESTINATION_KEYS)}")
+    kind = str(item.get("type") or ("stow" if item.get("url") else "dimse")).lower()
+    if kind not in DESTINATION_TYPES:
+        raise ConfigError(f"destination {item!r}: type must be one of {DESTINATION_TYPES}")
+    commitment = _boolean("storage_commitment", item.get("storage_commitment", False))
+    token = item.get("token_file")
+    if kind == "stow":
+        url = str(item.get("url") or "")
+        if not re.fullmatch(r"https?://[^\s]+", url):
+            raise ConfigError(f"destination {item!r}: a stow destination needs url http(s)://host[:port]/path")
+        if commitment:
+            raise ConfigError(f"destination {item!r}: storage_commitment is a DIMSE service; the STOW-RS response "
+                              "itself confirms each stored instance")
+        extra = sorted(k for k in ("ae_title", "host", "port", "tls") if k in item)
+        if extra:
+            raise ConfigError(f"destination {item!r}: {extra} do not apply to a stow destination")
+        return {"name": str(item.get("name") or url), "type": kind, "url": url.rstrip("/"),
+                "token_file": str(Path(str(token)).expanduser()) if token else None, "storage_commitment": False}
+    if not {"ae_title", "host", "port"} <= set(item):
+        raise ConfigError(f"destination {item!r} needs ae_title, host and port")
+    if token or item.get("url"):
+        raise ConfigError(f"destination {item!r}: url and token_file apply to stow destinations only")
     port = _number("port", item["port"])
-    return {"name": str(item.get("name") or item["ae_title"]), "ae_title": str(item["ae_title"]),
-            "host": str(item["host"]), "port": port, "tls": _boolean("tls", item.get("tls", False))}
+    return {"name": str(item.get("name") or item["ae_title"]), "type": kind, "ae_title": str(item["ae_title"]),
+            "host": str(item["host"]), "port": port, "tls": _boolean("tls", item.get("tls", False)),
+            "storage_commitment": commitment}
+
+
+def _destination_text(text: str) -> dict[str, Any]:
+    web = re.fullmatch(r"\s*([\w.-]+)=(https?://\S+?)(?:\+token=(\S+))?\s*", text)
+    if web:
+        name, url, token = web.groups()
+        return {"name": name, "type": "stow", "url": url, **({"token_file": token} if token else {})}
+    match = re.fullmatch(r"\s*(?:([\w.-]+)=)?([^@=\s]{1,16})@([\w.:-]+):(\d+)((?:\+tls|\+commit)*)\s*", text)
+    if not match:
+        raise ConfigError(f"destination {text!r} must look like NAME=AET@HOST:PORT (optionally +tls, +commit) "
+                          "or NAME=http(s)://HOST/dicom-web (optionally +token=FILE)")
+    name, aet, host, port, flags = match.groups()
+    return {"name": name or aet, "ae_title": aet, "host": host, "port": port, "tls": "+tls" in flags,
+            "storage_commitment": "+commit" in flags}
 
 
 def _apply(settings: Settings, values: Mapping[str, Any], base: Path, source: str) -> Settings:

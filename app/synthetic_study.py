@@ -33,6 +33,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 from scipy.spatial.transform import Rotation
 
 from segmamba.synthetic import Phantom
+from segmamba.synthetic.phantom import grid_points
 
 SeriesKind = Literal["image", "localizer", "dwi"]
 OtherStudy = Literal["", "prior", "patient"]
@@ -114,7 +115,8 @@ class SeriesSpec:
     acquisition_number tell repeats apart; drop_attributes removes attributes from every
     instance; set_attributes writes (keyword, value) pairs as they are, even if they break the VR;
     other_study "prior" puts the series in another study of the same patient, "patient" in a
-    study of another patient.
+    study of another patient. motion (tx, ty, tz mm, rx, ry, rz degrees, `rigid_motion`) is how the
+    patient moved before this series: the head it shows is the phantom moved rigidly about its centre.
     """
 
     contrast: str
@@ -145,6 +147,7 @@ class SeriesSpec:
     drop_attributes: tuple[str, ...] = ()
     set_attributes: tuple[tuple[str, Any], ...] = ()
     other_study: OtherStudy = ""
+    motion: tuple[float, ...] = ()
 
     @property
     def spacing_between_slices(self) -> float:
@@ -182,6 +185,68 @@ class StudyInfo:
             if info.spec.description == description:
                 return info
         raise KeyError(description)
+
+
+def rigid_motion(motion: tuple[float, ...], centre: tuple[float, float, float] | np.ndarray) -> np.ndarray:
+    """4x4 (LPS mm) of a motion (tx, ty, tz, rx, ry, rz): rotation (Euler xyz, degrees) about
+    ``centre``, then translation; maps a point of the head before the motion to where it is after."""
+    values = np.asarray(motion, dtype=np.float64)
+    if values.shape != (6,):
+        raise ValueError(f"motion must be (tx, ty, tz, rx, ry, rz), got {motion!r}")
+    rotation = Rotation.from_euler("xyz", values[3:], degrees=True).as_matrix()
+    centre = np.asarray(centre, dtype=np.float64)
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = centre + values[:3] - rotation @ centre
+    return matrix
+
+
+def random_motion(rng: np.random.Generator, max_mm: float, max_deg: float) -> tuple[float, ...]:
+    """A rigid motion in a uniformly random direction and axis, up to ``max_mm`` and ``max_deg`` in all."""
+    direction, axis = rng.normal(size=3), rng.normal(size=3)
+    translation = direction / np.linalg.norm(direction) * rng.uniform(0.0, max_mm)
+    rotvec = axis / np.linalg.norm(axis) * np.radians(rng.uniform(0.0, max_deg))
+    euler = Rotation.from_rotvec(rotvec).as_euler("xyz", degrees=True)
+    return tuple(round(float(v), 4) for v in (*translation, *euler))
+
+
+@dataclass(frozen=True)
+class MovedHead:
+    """A synthetic head (Phantom or TemplateHead) moved rigidly: ``matrix`` maps a point of ``base``
+    to where it lies now (LPS mm). Head pose in the scanner, or a patient's motion between series."""
+
+    base: Any
+    matrix: np.ndarray = field(repr=False)
+
+    @property
+    def center(self) -> tuple[float, float, float]:
+        moved = self.matrix @ np.append(np.asarray(self.base.center, dtype=np.float64), 1.0)
+        return (float(moved[0]), float(moved[1]), float(moved[2]))
+
+    @property
+    def lesion(self) -> Any:
+        return getattr(self.base, "lesion", None)
+
+    def _before(self, points_lps: np.ndarray) -> np.ndarray:
+        inverse = np.linalg.inv(self.matrix)
+        return np.asarray(points_lps, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def sample(self, points_lps: np.ndarray) -> dict[str, np.ndarray]:
+        return self.base.sample(self._before(points_lps))
+
+    def fields(self, points_lps: np.ndarray) -> dict[str, np.ndarray]:
+        """The base's fields (TemplateHead: intracranial and head fractions) at the moved points."""
+        return self.base.fields(self._before(points_lps))
+
+    def render(self, shape: tuple[int, int, int], affine: np.ndarray) -> dict[str, np.ndarray]:
+        return self.sample(grid_points(shape, affine))
+
+    def bounds(self) -> np.ndarray:
+        """(2, 3) LPS box holding the moved head (the base's box corners moved)."""
+        box = self.base.bounds()
+        corners = np.array([[x, y, z, 1.0] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]])
+        moved = corners @ self.matrix[:3].T
+        return np.array([moved.min(axis=0), moved.max(axis=0)])
 
 
 def orientation_frame(spec: SeriesSpec) -> np.ndarray:
@@ -318,6 +383,8 @@ def _series_datasets(
 ) -> list[pydicom.Dataset]:
     """All instances of one series, InstanceNumber ascending."""
     planes = _planes(spec, phantom)
+    if spec.motion:
+        phantom = MovedHead(phantom, rigid_motion(spec.motion, phantom.center))  # type: ignore[assignment]
     acquisition = _ACQUISITIONS[spec.acquisition or ("dwi" if spec.kind == "dwi" else spec.contrast)]
     sigma = noise * _SIGNAL_SCALE
     images = []

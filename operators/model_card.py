@@ -19,6 +19,10 @@ Everything model-specific lives in the card, nothing in the operators::
 every series (operators.model_input.Coverage), the log warns and report.json carries the warning.
 ``postprocessing.min_tumour_ml`` removes whole-tumour components smaller than this (mL); 0 keeps all.
 
+``input_convention`` (optional) declares the input convention the network was trained on
+(orientation, spacing, registration, brain extraction, atlas; operators/input_convention.py). A card
+without it keeps the native reference grid, scanner-coordinate alignment and no skull-stripping.
+
 ``network.type`` "threshold" is a deterministic segmenter (intensity rules on the model input)
 used to test geometry independently of model quality; it is never a clinical model.
 A model path may be the folder holding ``metadata.json`` or a folder with exactly one such
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import ConfigurationError
+from operators.input_convention import ConventionError, InputConvention, legacy_convention, parse_convention
 
 CARD_NAME = "metadata.json"
 ROLES = ("t1n", "t1c", "t2w", "t2f")
@@ -91,6 +96,14 @@ class ModelCard:
     labels: tuple[dict[str, Any], ...]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
+    input_convention: InputConvention | None = None  # None: the card has no ``input_convention`` block
+
+    @property
+    def convention(self) -> InputConvention:
+        """The card's input convention, or today's behaviour for a card without the block."""
+        if self.input_convention is not None:
+            return self.input_convention
+        return legacy_convention(self.preprocessing.spacing_mm, self.preprocessing.normalize)
 
     @property
     def network_type(self) -> str:
@@ -161,6 +174,12 @@ def load_model_card(path: Path) -> ModelCard:
         raise ModelCardError(f"{card_path}: postprocessing: {error}") from error
     if postprocessing.min_tumour_ml < 0:
         raise ModelCardError(f"{card_path}: postprocessing.min_tumour_ml must be >= 0")
+    convention = None
+    if "input_convention" in card:
+        try:
+            convention = parse_convention(card["input_convention"])
+        except ConventionError as error:
+            raise ModelCardError(f"{card_path}: {error}") from error
     labels = tuple(_require(card, "labels", list, card_path))
     for entry in labels:
         if not {"label", "name", "type", "color"} <= set(entry):
@@ -178,6 +197,7 @@ def load_model_card(path: Path) -> ModelCard:
         labels=labels,
         regions={k: tuple(v) for k, v in card.get("regions", {}).items()},
         postprocessing=postprocessing,
+        input_convention=convention,
     )
     if model.weights_path is not None and not model.weights_path.is_file():
         raise ModelCardError(f"{card_path}: weights file {model.weights_path.name} not found in {folder}")

@@ -1,7 +1,12 @@
 """Build the network's 4-channel input: each selected series to a volume, all onto one grid.
 
-The model grid has the reference series' orientation and extent at the model card's isotropic
-spacing (1 mm for the reference recipe). Channels follow the card's ``channel_order``.
+The model card's input convention (operators/input_convention.py, steps in operators/input_steps.py)
+says what the network was trained on; in this order: rigid registration of every series onto the
+convention's target series, optional atlas placement, the model grid over the reference series'
+extent in the convention's orientation (the reference series' own axes for a card without one)
+at its isotropic spacing, a brain mask from one contrast applied to every channel, normalisation
+(inside the brain), crop. Channels follow the card's ``channel_order``. The labels go back onto the
+reference series' own voxels (operators/results.py, reorientation.labels_to_native).
 
 Partial coverage (a FLAIR slab, a T2 with a small field of view, series in different planes):
 the network only ever saw complete inputs, every channel present wherever the head is, and
@@ -17,13 +22,14 @@ covered foreground. Labels are kept only inside the covered region (``valid``).
 
 How much of the head that region holds is measured (`Coverage`): the head is the foreground of
 the series on the model grid (Otsu threshold per channel, within that series' coverage, holes
-filled), since no brain extraction is run; below the card's
+filled; the head, not the brain mask, whether or not brain extraction runs); below the card's
 ``preprocessing.min_head_coverage`` the log warns and the report says so.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +40,21 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from scipy import ndimage
 
 from operators.errors import StudyError
+from operators.input_convention import InputConvention
+from operators.input_steps import (
+    PreprocessingLog,
+    atlas_grid,
+    brain_mask_on_grid,
+    convention_grid,
+    register_series,
+    zscore,
+)
 from operators.model_card import ModelCard, Preprocessing
+from operators.reorientation import axis_codes
 from operators.series_selection import SeriesSelection
 from operators.volume import (
     ImageVolume,
     VolumeError,
-    isotropic_grid,
     resample_to_grid,
     series_to_volume,
     voxel_volume_ml,
@@ -104,6 +119,7 @@ class ModelInput:
     reference_datasets: list[pydicom.Dataset]
     selection: SeriesSelection
     coverage: Coverage | None = None
+    preprocessing: PreprocessingLog | None = None
 
 
 def foreground_box(image: np.ndarray) -> tuple[slice, slice, slice]:
@@ -201,19 +217,47 @@ def measure_coverage(image: np.ndarray, seen: np.ndarray, roles: Sequence[str], 
     )
 
 
-def preprocess(image: np.ndarray, seen: np.ndarray, settings: Preprocessing
+def preprocess(image: np.ndarray, seen: np.ndarray, settings: Preprocessing, *, normalize: str | None = None,
+               brain: np.ndarray | None = None, normalize_within_mask: bool = True,
                ) -> tuple[np.ndarray, tuple[slice, slice, slice], np.ndarray]:
     """Normalise each channel over its own field of view, zero every channel outside the region all
     series cover, crop to the covered foreground (if asked). Returns the input, the crop and the
-    covered region on the crop."""
+    covered region on the crop.
+
+    ``normalize`` (default: the card's ``preprocessing.normalize``): ``zscore_nonzero`` per channel
+    over its nonzero voxels; ``zscore_crop`` per channel over the whole cropped box, zeros included
+    (the reference recipe); ``none``. ``brain`` (a mask on the grid) zeroes every channel outside
+    the brain, before the statistics (``normalize_within_mask``) or after them; the crop is then the
+    brain's box.
+    """
+    normalize = settings.normalize if normalize is None else normalize
     image = np.where(seen, image, 0.0).astype(np.float32)
-    if settings.normalize == "zscore_nonzero":
+    if brain is not None and normalize_within_mask:
+        image[:, ~brain] = 0.0
+    if normalize == "zscore_nonzero":
         image = np.stack([zscore_nonzero(channel) for channel in image])
     covered = np.all(seen, axis=0)
     image[:, ~covered] = 0.0
+    if brain is not None and not normalize_within_mask:
+        image[:, ~brain] = 0.0
     crop = foreground_box(image) if settings.crop_foreground else tuple(slice(0, n) for n in image.shape[1:])
     cropped = image[(slice(None), *crop)]
+    if normalize == "zscore_crop":
+        everywhere = np.ones(cropped.shape[1:], dtype=bool)
+        cropped = np.stack([zscore(channel, everywhere) for channel in cropped])
     return np.ascontiguousarray(cropped, dtype=np.float32), crop, covered[crop]  # type: ignore[return-value]
+
+
+def _volumes(series: Mapping[str, Sequence[pydicom.Dataset]], roles: Sequence[str],
+             selection: SeriesSelection) -> dict[str, ImageVolume]:
+    volumes: dict[str, ImageVolume] = {}
+    for role in roles:
+        try:
+            volumes[role] = series_to_volume(list(series[role]))
+        except VolumeError as error:
+            raise StudyError(selection.study_instance_uid, f"{role} series unusable: {error}",
+                             accession=selection.accession_number, series=error.series, file=error.file) from error
+    return volumes
 
 
 def build_model_input(
@@ -221,28 +265,40 @@ def build_model_input(
     selection: SeriesSelection,
     card: ModelCard,
     reference_role: str = "t1c",
+    convention: InputConvention | None = None,
 ) -> ModelInput:
-    """Volumes from the selected series, resampled onto the model grid and preprocessed."""
+    """Volumes from the selected series, resampled onto the model grid and preprocessed.
+
+    ``convention`` (default: the card's, see operators/input_convention.py) says, in this order:
+    register every series onto ``registration.onto``, place the grid on an atlas, the grid's
+    orientation and spacing, the brain mask from ``brain_extraction.contrast``, the normalisation.
+    The model grid spans the ``reference_role`` series (the SEG's grid).
+    """
     study = selection.study_instance_uid
+    convention = card.convention if convention is None else convention
     if reference_role not in series:
         raise StudyError(
             study, f"reference role {reference_role!r} is not among the selected series {sorted(series)}",
             accession=selection.accession_number,
         )
-    volumes: dict[str, ImageVolume] = {}
-    for role in card.channel_order:
-        try:
-            volumes[role] = series_to_volume(list(series[role]))
-        except VolumeError as error:
-            raise StudyError(study, f"{role} series unusable: {error}", accession=selection.accession_number,
-                             series=error.series, file=error.file) from error
-    reference = volumes[reference_role]
-    grid_shape, grid_affine = isotropic_grid(reference, card.preprocessing.spacing_mm)
+    record = PreprocessingLog(convention=convention)
     roles = list(card.channel_order)
+    volumes = _volumes(series, roles, selection)
+    if convention.registration.enabled:
+        volumes = register_series(volumes, convention, study, selection.accession_number, record)
+    reference = volumes[reference_role]
+    if convention.atlas.enabled:
+        grid_shape, grid_affine = atlas_grid(volumes[convention.brain_extraction.contrast], convention, study,
+                                             selection.accession_number, record)
+    else:
+        grid_shape, grid_affine = convention_grid(reference, convention)
+    record.grid_shape, record.grid_affine = tuple(grid_shape), grid_affine  # type: ignore[assignment]
+    started = time.perf_counter()
     # "nearest" beyond the outer voxel centres: the half-voxel margins take the edge voxels' values
     image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1, mode="nearest")
                       for role in roles])
     seen = np.stack([field_of_view(volumes[role], grid_shape, grid_affine) for role in roles])
+    record.timed("resample", started)
     if not np.all(seen, axis=0).any():
         on_reference = seen[roles.index(reference_role)]
         apart = [role for role, fov in zip(roles, seen, strict=True) if not (fov & on_reference).any()]
@@ -251,10 +307,24 @@ def build_model_input(
                          accession=selection.accession_number)
     coverage = measure_coverage(image, seen, roles, voxel_volume_ml(grid_affine),
                                    card.preprocessing.min_head_coverage)
-    prepared, crop, valid = preprocess(image.astype(np.float32), seen, card.preprocessing)
+    brain = None
+    extraction = convention.brain_extraction
+    if extraction.enabled:
+        index = roles.index(extraction.contrast)
+        brain = brain_mask_on_grid(np.where(seen[index], image[index], 0.0), grid_affine, record)
+        if not brain.any():
+            raise StudyError(study, f"brain extraction found no brain in the {extraction.contrast} series",
+                             accession=selection.accession_number)
+    started = time.perf_counter()
+    prepared, crop, valid = preprocess(image.astype(np.float32), seen, card.preprocessing,
+                                       normalize=convention.normalize, brain=brain,
+                                       normalize_within_mask=extraction.normalize_within_mask)
+    record.timed("normalize_crop", started)
+    if brain is not None:
+        record.brain_mask = brain[crop]
     log.info(
-        "model grid %s at %.2f mm (orientation of %s), input cropped to %s; every series covers %.1f%% of the "
-        "head (%s)", grid_shape, card.preprocessing.spacing_mm, reference_role, prepared.shape[1:],
+        "model grid %s at %.2f mm (orientation %s), input cropped to %s; every series covers %.1f%% of the "
+        "head (%s)", grid_shape, convention.spacing_mm, "".join(axis_codes(grid_affine)), prepared.shape[1:],
         100.0 * coverage.head_fraction, ", ".join(f"{r} {v:.1%}" for r, v in coverage.by_role.items()),
     )
     if coverage.warning:
@@ -266,10 +336,11 @@ def build_model_input(
         grid_affine=grid_affine,
         crop=crop,
         valid=valid,
-        reference=reference,
+        reference=reference,  # its own voxels; registered (when it is not the target): in the target's frame
         reference_datasets=list(series[reference_role]),
         selection=selection,
         coverage=coverage,
+        preprocessing=record,
     )
 
 
@@ -279,9 +350,11 @@ class ModelInputOperator(Operator):
     Inputs ``selected_series`` (role -> DICOMSeries) and ``series_selection``; output ``model_input``.
     """
 
-    def __init__(self, fragment: Fragment, *args: Any, card: ModelCard, reference_role: str, **kwargs: Any) -> None:
+    def __init__(self, fragment: Fragment, *args: Any, card: ModelCard, reference_role: str,
+                 convention: InputConvention | None = None, **kwargs: Any) -> None:
         self.card = card
         self.reference_role = reference_role
+        self.convention = convention
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -297,4 +370,5 @@ class ModelInputOperator(Operator):
             role: [sop.get_native_sop_instance() for sop in dicom_series.get_sop_instances()]
             for role, dicom_series in selected.items()
         }
-        op_output.emit(build_model_input(datasets, selection, self.card, self.reference_role), "model_input")
+        model_input = build_model_input(datasets, selection, self.card, self.reference_role, self.convention)
+        op_output.emit(model_input, "model_input")

@@ -56,6 +56,7 @@ def build_report(
     created: datetime | None = None,
     selection: Any | None = None,
     coverage: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report: per-label and per-region voxel counts and volumes (mL).
 
@@ -66,7 +67,10 @@ def build_report(
     seconds. `created` defaults to now (UTC). `selection` (a SeriesSelection) adds the
     "series_selection" section (see `series_section`). `coverage` (operators.model_input.Coverage.to_dict():
     the part of the head every series covers, the card's minimum, a warning when below it) becomes
-    the report's "coverage" entry, and its warning one of the report's "warnings".
+    the report's "coverage" entry, and its warning one of the report's "warnings". `preprocessing`
+    (operators.input_steps.PreprocessingLog.to_dict(): the input convention used, model grid and its
+    orientation, registration per series, brain mask volume and the fraction of the predicted tumour
+    inside it, seconds per step) becomes the "preprocessing" entry.
     """
     if not (isinstance(voxel_volume_ml, numbers.Real) and math.isfinite(voxel_volume_ml) and voxel_volume_ml > 0):
         raise ValueError(f"voxel_volume_ml must be a positive finite number, not {voxel_volume_ml!r}")
@@ -117,6 +121,8 @@ def build_report(
         "timings_s": timing_entries,
         **_coverage_entries(coverage),
     }
+    if preprocessing is not None:
+        report["preprocessing"] = _jsonable(dict(preprocessing))
     if selection is not None:
         report["series_selection"] = series_section(selection)
     return report

@@ -22,11 +22,13 @@ import numpy as np
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.brain_extraction import fraction_inside
 from operators.inference import Prediction
 from operators.model_card import ModelCard
+from operators.reorientation import labels_to_native
 from operators.report import build_report, write_preview, write_report
 from operators.seg_writer import SegmentSpec, write_segmentation
-from operators.volume import ImageVolume, resample_to_grid, sort_slices, voxel_volume_ml
+from operators.volume import ImageVolume, sort_slices, voxel_volume_ml
 
 SEG_NAME = "segmentation.dcm"
 REPORT_NAME = "report.json"
@@ -106,9 +108,18 @@ def labels_on_reference(prediction: Prediction) -> np.ndarray:
     model_input = prediction.model_input
     full = np.zeros(model_input.grid_shape, dtype=np.uint8)
     full[model_input.crop] = prediction.labels
-    on_model_grid = ImageVolume(full, model_input.grid_affine)
     reference = model_input.reference
-    return resample_to_grid(on_model_grid, reference.shape, reference.affine, order=0).astype(np.uint8)
+    return labels_to_native(full, model_input.grid_affine, reference.shape, reference.affine)
+
+
+def preprocessing_section(prediction: Prediction) -> dict[str, Any] | None:
+    """report.json ``preprocessing``: convention, grid, registrations, brain mask and the fraction of
+    the predicted tumour inside it, seconds per step."""
+    record = prediction.model_input.preprocessing
+    if record is None:
+        return None
+    inside = None if record.brain_mask is None else fraction_inside(record.brain_mask, prediction.labels)
+    return record.to_dict(tumour_fraction_inside_mask=inside)
 
 
 def stage_results(
@@ -133,6 +144,7 @@ def stage_results(
             input_series=model_input.selection.to_dict(), study_uid=model_input.study_uid, timings=dict(timings or {}),
             selection=model_input.selection,
             coverage=model_input.coverage.to_dict() if model_input.coverage is not None else None,
+            preprocessing=preprocessing_section(prediction),
         )
         write_preview(
             reference.array, labels, card.label_colours, staging / PREVIEW_NAME, affine=reference.affine,

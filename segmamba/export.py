@@ -46,8 +46,8 @@ REFERENCE_SOURCE = "github ge-xing/SegMamba, commit cff3597"
 REFERENCE_ARGS: dict[str, Any] = {"in_chans": 4, "out_chans": 4, "depths": [2, 2, 2, 2],
                                   "feat_size": [48, 96, 192, 384]}
 REFERENCE_CHANNEL_ORDER = ["t2w", "t2f", "t1n", "t1c"]  # 2_preprocessing_mri.py data_filename
-# The input convention of the reference recipe, in a card block today's operators/model_card.py
-# ignores (it reads known keys only); the model-input operator is to honour it.
+# The input convention of the reference recipe: the card's input_convention block, parsed by
+# operators/input_convention.py and produced from any study by operators/model_input.py.
 REFERENCE_CONVENTION: dict[str, Any] = {
     "source": REFERENCE_SOURCE,
     # sitk.GetArrayFromImage of BraTS 2023 files (SRI24, ITK direction identity): [z, y, x] =
@@ -157,7 +157,7 @@ def export_reference_model(checkpoint: Path, out: Path, *, name: str = "segmamba
         "network": {"type": "segmamba", "args": REFERENCE_ARGS, "weights": WEIGHTS_NAME,
                     "dtype": "/".join(dtypes)},
         "channel_order": REFERENCE_CHANNEL_ORDER,
-        # The nearest setting today's model-input operator knows; input_convention.normalize is exact.
+        # For readers of the card without input_convention; input_convention.normalize is what runs.
         "preprocessing": {"spacing_mm": 1.0, "crop_foreground": True, "normalize": "zscore_nonzero"},
         "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
                       "sw_batch_size": sw_batch_size, "mirror_tta": True},

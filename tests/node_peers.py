@@ -14,11 +14,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from app.node.receive.intake import Intake, Limits
+from app.node.receive.storage_scp import ScpConfig, StorageSCP
+from app.node.send.destinations import Destination
+from app.node.send.result_sender import ResultSender
+from app.node.state.journal import InstanceRecord, Journal
+from app.node.state.spool import Spool
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD_MODEL = REPO / "tests" / "models" / "threshold"
@@ -85,19 +95,43 @@ def copy_as_new_study(source: Path, target: Path, number: int) -> str:
 
 
 class Orthanc:
-    """An Orthanc process (Debian package) with its storage in ``folder``."""
+    """An Orthanc process (Debian package) with its storage in ``folder``.
 
-    def __init__(self, folder: Path, aet: str = "ORTHANC") -> None:
+    ``modalities``: name -> (AE title, port on 127.0.0.1) of the peers it knows, e.g. the node, to
+    which it sends Storage Commitment reports (N-EVENT-REPORT on a new association);
+    ``dicomweb``: load the orthanc-dicomweb plugin (QIDO/WADO/STOW-RS under /dicom-web/)."""
+
+    def __init__(self, folder: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, int]] | None = None,
+                 dicomweb: bool = False) -> None:
         self.folder = folder
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.dicomweb = dicomweb
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"Name": "PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-                  "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True}
-        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.configure(modalities or {})
+
+    def configure(self, modalities: dict[str, tuple[str, int]]) -> None:
+        """(Re)write the configuration; it takes effect at the next start."""
+        config: dict[str, Any] = {
+            "Name": "PACS", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
+            "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "DicomModalities": {name: {"AET": aet, "Host": "127.0.0.1", "Port": port, "AllowStorageCommitment": True}
+                                for name, (aet, port) in modalities.items()},
+        }
+        if self.dicomweb:
+            config["Plugins"] = ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"]
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+
+    @property
+    def stow_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def sop_instance_uids(self) -> list[str]:
+        """The SOP Instance UID of every instance Orthanc holds (a UID stored twice would appear twice)."""
+        return [str(i["MainDicomTags"]["SOPInstanceUID"]) for i in self.get("/instances?expand") or []]
 
     @property
     def url(self) -> str:
@@ -262,6 +296,80 @@ def send_study(folder: Path, port: int, calling: str = "MODALITY", called: str =
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+NODE_AET = "NODE"
+
+
+def write_instance(path: Path, study_uid: str) -> pydicom.Dataset:
+    """A small MR instance standing in for one result file."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientID, ds.Modality = "DELIVERY01", "MR"
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(32)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+class DeliveryBench:
+    """A journal, a result sender and our SCP (receiving commitment reports) on free ports."""
+
+    def __init__(self, root: Path, destinations: list[Destination], port: int, commitment_timeout: float = 30.0,
+                 ) -> None:
+        self.root = root
+        self.spool = Spool(root / "spool")
+        self.journal = Journal(self.spool.journal_path)
+        self.events: Counter[tuple[str, str]] = Counter()
+        self.sender = ResultSender(self.journal, destinations, NODE_AET, base_delay=0.2, max_delay=1.0,
+                                   on_event=lambda kind, name: self.events.update([(kind, name)]),
+                                   commitment_timeout=commitment_timeout)
+        self.scp = StorageSCP(ScpConfig(NODE_AET, port), Intake(self.spool, self.journal, Limits()),
+                              on_commitment=self.sender.on_commitment_report)
+        self.destinations = destinations
+        self.jobs = 0
+
+    def add_job(self, outputs: int = 2) -> list[pydicom.Dataset]:
+        """A finished job with ``outputs`` result files in the outbox of every destination."""
+        self.jobs += 1
+        study = generate_uid()
+        self.journal.record_instance(InstanceRecord(generate_uid(), study, generate_uid(), MRImageStorage, "MR",
+                                                    self.root / "x.dcm", 1, "MODALITY"))
+        job_id = self.journal.queue_study(study, "quiet")
+        claimed = self.journal.claim_job()
+        assert claimed is not None and claimed["id"] == job_id
+        folder = self.root / f"job{job_id}"
+        folder.mkdir()
+        datasets = [write_instance(folder / f"out{n}.dcm", study) for n in range(outputs)]
+        kinds = ["seg", "sr", "rtstruct", "sc"]
+        sends = [(d.name, str(folder / f"out{n}.dcm"), str(ds.SOPInstanceUID), kinds[n % 4], MRImageStorage)
+                 for d in self.destinations for n, ds in enumerate(datasets)]
+        assert self.journal.finish_job(job_id, {"segmentation": sends[0][1]}, {"infer": 0.1}, sends, claimed["runs"])
+        return datasets
+
+    def states(self) -> Counter[str]:
+        return Counter(row["state"] for row in self.journal.query("SELECT state FROM outbox"))
+
+    def deliver(self, timeout: float, what: str) -> None:
+        """Run the sender until every outbox row is delivered."""
+        def done() -> bool:
+            self.sender.send_due()
+            states = self.states()
+            return set(states) == {"sent"}
+
+        wait_for(done, timeout, what, every=0.2)
+
+    def audit(self, event: str) -> Counter[tuple[str, str]]:
+        """(destination, SOP Instance UID) -> how often ``event`` was audited."""
+        rows = self.journal.query("SELECT actor, detail FROM audit WHERE event = ?", (event,))
+        return Counter((row["actor"], row["detail"].split(":")[0]) for row in rows)
 
 
 class Clock:

@@ -57,3 +57,40 @@ def test_repository_app_yaml_loads() -> None:
         loaded = getattr(settings, name)
         if isinstance(value, (bool, int, float, str)) and not isinstance(loaded, Path):
             assert loaded == value, name
+
+
+def test_destinations_from_yaml_environment_and_cli(tmp_path: Path) -> None:
+    app_yaml = write_yaml(tmp_path, "  destinations:\n"
+                                    "    - {name: PACS, ae_title: ORTHANC, host: 10.0.0.5, port: 4242,"
+                                    " storage_commitment: true}\n"
+                                    "    - {name: WEB, type: stow, url: 'https://pacs.example/dicom-web/',"
+                                    " token_file: /run/secrets/stow}\n")
+    pacs, web = load_settings(app_yaml, environ={}, cwd=tmp_path).destinations
+    assert pacs == {"name": "PACS", "type": "dimse", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242,
+                    "tls": False, "storage_commitment": True}
+    assert web == {"name": "WEB", "type": "stow", "url": "https://pacs.example/dicom-web",
+                   "token_file": "/run/secrets/stow", "storage_commitment": False}
+    env = {"SEGMAMBA_DESTINATIONS": "A=ORTHANC@127.0.0.1:4242+tls+commit,B=http://127.0.0.1:8042/dicom-web"}
+    a, b = load_settings(app_yaml, environ=env, cwd=tmp_path).destinations
+    assert (a["tls"], a["storage_commitment"], b["type"]) == (True, True, "stow")
+    assert b["url"] == "http://127.0.0.1:8042/dicom-web"
+    cli = ['[{"name": "J", "url": "http://h/dw"}]', "K=KAE@h:104+token=x"]
+    with pytest.raises(ConfigError, match="NAME=AET@HOST:PORT"):
+        load_settings(app_yaml, environ={}, overrides={"destinations": cli}, cwd=tmp_path)
+    given = [cli[0], "K=KAE@h:104", "W=https://w/dw+token=/t"]
+    j, k, w = load_settings(app_yaml, environ={}, overrides={"destinations": given}, cwd=tmp_path).destinations
+    assert (j["type"], k["type"], w["token_file"]) == ("stow", "dimse", "/t")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("[{name: A, url: 'http://h/dw', storage_commitment: true}]", "STOW-RS response itself confirms"),
+     ("[{name: A, url: 'ftp://h'}]", "needs url http"), ("[{name: A, type: hl7, url: 'http://h'}]", "type must be"),
+     ("A=X@h:1,A=Y@h:2", "names must be unique"),
+     ("[{name: A, ae_title: X, host: h}]", "needs ae_title, host and port"),
+     ("[{name: A, ae_title: X, host: h, port: 1, token_file: t}]", "stow destinations only"),
+     ("[{name: A, url: 'http://h', port: 1}]", "do not apply to a stow destination")],
+)
+def test_bad_destinations_are_named(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write_yaml(tmp_path, ""), environ={"SEGMAMBA_DESTINATIONS": value}, cwd=tmp_path)

@@ -290,3 +290,31 @@ def test_sr_references_a_label_without_voxels_by_its_segment_and_source_series(
     assert dump.returncode == 0 and not dump.stderr, dump.stderr
     assert dump.stdout.count('"Referenced Segment"') == 3
     assert f'"Source Series for Segmentation")="{t1c[0].SeriesInstanceUID}"' in dump.stdout  # the empty segments
+
+
+def test_a_superseding_revision_moves_the_srs_segment_references_with_the_seg(result: dict[str, Any],
+                                                                                tmp_path: Path) -> None:
+    """The node files a revised result into the first result's SEG series (worker.mark_superseding): the SR
+    must then reference the SEG in that series, and report.json's outputs must name it."""
+    from app.node.worker import mark_superseding
+
+    out = tmp_path / "out"
+    shutil.copytree(result["out"], out)
+    written = str(pydicom.dcmread(out / "segmentation.dcm").SeriesInstanceUID)
+    first_result_series = pydicom.uid.generate_uid()
+    files = {"segmentation": str(out / "segmentation.dcm"), "report": str(out / "report.json")}
+
+    mark_superseding(files, first_result_series, 1, "1.2.3.4")
+
+    def uids(dataset: pydicom.Dataset) -> set[str]:
+        found: set[str] = set()
+        dataset.walk(lambda ds, element: found.add(str(element.value)) if element.VR == "UI" else None)
+        return found
+
+    sr = pydicom.dcmread(out / "measurement-report.dcm")
+    assert first_result_series in uids(sr) and written not in uids(sr)
+    assert pydicom.dcmread(out / "segmentation.dcm").SeriesInstanceUID == first_result_series
+    report = json.loads((out / "report.json").read_text())
+    assert {o["kind"]: o["series_instance_uid"] for o in report["outputs"]}["seg"] == first_result_series
+    assert report["revision"] == 2
+    assert dsrdump(out / "measurement-report.dcm").returncode == 0

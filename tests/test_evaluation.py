@@ -100,3 +100,48 @@ def test_evaluate_command_writes_the_table_and_files(tmp_path: Path) -> None:
     assert saved["metrics"] == summary["metrics"]
     rows = (tmp_path / "cases.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("case,seed,orientation,Dice_WT")
+
+
+def test_pose_and_inter_series_motion_are_seeded_recorded_and_the_truth_follows_the_pose(
+    tmp_path: Path, brats_segments: list[Any]
+) -> None:
+    from scipy.spatial.transform import Rotation
+
+    from app.evaluation import MOVING_ROLES, StudyMotion, case_anatomy
+    from app.synthetic_study import series_grid
+
+    motion, seed, index = StudyMotion(), 36, 1  # a case with a tumour
+    anatomy, pose = case_anatomy("phantom", seed, motion)
+
+    def process(input_dir: Path, output_dir: Path) -> Path:  # writes the posed head's true labels
+        spec = case_protocol(ORIENTATIONS[index], np.random.default_rng([seed, 1]), 4.0, motion)[0]
+        labels = anatomy.render(*series_grid(spec, anatomy))["label"]
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return write_segmentation(labels, _reference_files(input_dir), brats_segments, "truth", "1",
+                                  output_dir / "seg.dcm")
+
+    result = evaluate_case(Settings(), process, LABELS, index, seed=seed, anatomy_kind="phantom", work_dir=tmp_path,
+                           scale=4.0, motion=motion)
+    assert result.metrics["Dice_WT"] == 1.0 and result.volumes_ml["WT"]["true"] > 1.0
+    assert result.pose == pose and len(pose) == 6
+    assert set(result.motion) == set(MOVING_ROLES)
+    again = case_protocol(ORIENTATIONS[index], np.random.default_rng([seed, 1]), 4.0, motion)
+    assert {spec.contrast: spec.motion for spec in again[1:4]} == result.motion  # seeded
+    for values in result.motion.values():
+        assert 0.0 < np.linalg.norm(values[:3]) <= 5.0 + 1e-6
+        assert np.degrees(Rotation.from_euler("xyz", values[3:], degrees=True).magnitude()) <= 5.0 + 1e-3
+    row = result.row()
+    assert row["motion_t2f"] and row["residual_mm_t2f"] == ""  # no registration ran in this stand-in
+    unposed, none = case_anatomy("phantom", seed)
+    assert none == () and unposed.center != anatomy.center
+
+
+def test_motion_residual_measures_mm_at_the_centre_and_degrees() -> None:
+    from app.evaluation import motion_residual
+    from app.synthetic_study import rigid_motion
+
+    centre = np.array([10.0, -5.0, 20.0])
+    applied = rigid_motion((3.0, 0.0, -4.0, 0.0, 0.0, 10.0), centre)
+    assert motion_residual(applied, applied, centre) == pytest.approx((0.0, 0.0), abs=1e-9)
+    mm, deg = motion_residual(np.eye(4), applied, centre)
+    assert mm == pytest.approx(5.0) and deg == pytest.approx(10.0)

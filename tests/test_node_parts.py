@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ from app.node.completion import CompletionChecker, CompletionPolicy, readiness
 from app.node.executor import OOM, PERMANENT, TRANSIENT, after_out_of_memory, classify
 from app.node.receive.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, STUDY_LIMIT, Intake, Limits
 from app.node.receive.storage_scp import ScpConfig, StorageSCP
+from app.node.send.result_outputs import OutputFile, output_files
 from app.node.send.result_sender import backoff
 from app.node.state.journal import InstanceRecord, Journal
 from app.node.state.retention import clean_spool
@@ -259,3 +261,16 @@ def test_truncated_and_malformed_files_are_refused(scp: StorageSCP, small_study:
     path = small_study.parent / "no_uid.dcm"
     no_uid.save_as(path)
     assert "lacks StudyInstanceUID" in scp.intake.accept(path.read_bytes(), "inbox:n").reason
+
+
+def test_outputs_take_their_uids_from_the_report_not_from_the_files(tmp_path: Path) -> None:
+    seg = tmp_path / "seg.dcm"
+    seg.write_bytes(b"not parsed: the result's report.json names the UIDs")
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"outputs": [{"kind": "seg", "files": ["seg.dcm"], "sop_class_uid": "1.2.840.1",
+                                               "series_instance_uid": "1.2.3", "sop_instance_uids": ["1.2.3.4"]}]}))
+    files = {"segmentation": str(seg), "report": str(report)}
+    assert output_files(files) == [OutputFile("seg", seg, "1.2.3.4", "1.2.840.1", "1.2.3")]
+    seg.unlink()
+    with pytest.raises(ValueError, match=r"output seg .*seg\.dcm is not a readable DICOM instance"):
+        output_files(files)

@@ -52,8 +52,6 @@ class Outcome:
     error_type: str = ""
     files: dict[str, str] = field(default_factory=dict)
     stage_times: dict[str, float] = field(default_factory=dict)
-    seg_sop_uid: str = ""  # the SEG's SOP Instance and Series Instance UIDs (ok runs)
-    seg_series_uid: str = ""
     sw_batch_size: int | None = None
     device: str = ""
 
@@ -131,10 +129,8 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
                 card, segmenter = load_model(current)
             with log_context(**ids):
                 files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
-            seg = next(output for output in files.outputs if output.kind == "seg")
             connection.send(("ok", {"segmentation": str(files.segmentation), "report": str(files.report),
-                                    "preview": str(files.preview)}, times,
-                             (seg.sop_instance_uids[0], seg.series_instance_uid)))
+                                    "preview": str(files.preview)}, times))
         except Exception as error:
             device = str(getattr(segmenter, "device", current.device))
             connection.send(("error", classify(error), type(error).__name__, str(error).strip() or repr(error),
@@ -244,7 +240,6 @@ class JobExecutor:
             self.stop()
             return Outcome(CRASHED, f"worker process died (exit code {code})", "WorkerCrashed")
         if answer[0] == "ok":
-            _, files, times, (sop_uid, series_uid) = answer
-            return Outcome("ok", files=files, stage_times=times, seg_sop_uid=sop_uid, seg_series_uid=series_uid)
+            return Outcome("ok", files=answer[1], stage_times=answer[2])
         _, kind, error_type, message, sw_batch_size, device = answer
         return Outcome(kind, message, error_type, sw_batch_size=sw_batch_size, device=device)

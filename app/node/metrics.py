@@ -27,6 +27,8 @@ class _JournalGauges(Collector):
             ("segmamba_jobs_failed", "jobs_failed", "jobs kept as permanently failed"),
             ("segmamba_studies_receiving", "studies_receiving", "studies still receiving instances"),
             ("segmamba_outbox_pending", "outbox_pending", "results waiting to be acknowledged by a destination"),
+            ("segmamba_outbox_committing", "outbox_committing",
+             "results stored at a destination, waiting for its storage commitment report"),
         ):
             yield GaugeMetricFamily(name, text, value=counts.get(key, 0))
 
@@ -48,6 +50,7 @@ class NodeMetrics:
                                        ["stage"], buckets=DURATION_BUCKETS, registry=self.registry)
         self.job_seconds = Histogram("segmamba_job_seconds", "job duration, all stages", buckets=DURATION_BUCKETS,
                                      registry=self.registry)
-        self.sends = Counter("segmamba_sends", "result sends, by destination and result (sent, retry)",
+        self.sends = Counter("segmamba_sends",
+                             "result sends, by destination and result (sent, stored, committed, retry)",
                              ["destination", "result"], registry=self.registry)
         self.registry.register(_JournalGauges(journal))

@@ -1,7 +1,8 @@
 """The DICOM node: ``python -m app serve``.
 
     C-STORE / inbox folder -> intake (spool + journal) -> study completion -> job queue (journal)
-        -> worker (operator chain in a child process, model loaded once) -> outbox -> C-STORE to PACS
+        -> worker (operator chain in a child process, model loaded once) -> outbox -> C-STORE (+ Storage
+        Commitment) / STOW-RS to each destination
 
 Threads of this process: the SCP's (pynetdicom), inbox (watchdog), clock (completion checks,
 heartbeat reaper, retention), worker (one job at a time), sender (outbox), web (status, /healthz,
@@ -34,8 +35,9 @@ from app.node.metrics import NodeMetrics
 from app.node.receive.inbox import Inbox
 from app.node.receive.intake import CANNOT_UNDERSTAND, Intake, IntakeResult, Limits
 from app.node.receive.storage_scp import ScpConfig, StorageSCP, scp_ssl_context
+from app.node.send.destinations import Destination
 from app.node.send.result_sender import ResultSender
-from app.node.send.storage_scu import Destination, client_ssl_context
+from app.node.send.storage_scu import client_ssl_context
 from app.node.state.journal import Journal
 from app.node.state.retention import clean_spool, remove_temporaries
 from app.node.state.spool import Spool
@@ -112,12 +114,6 @@ class Node:
         self.intake = _CountingIntake(self.spool, self.journal, Limits(
             settings.max_study_instances, settings.max_study_mb << 20, settings.min_free_mb << 20,
             settings.quarantine_mb << 20), metrics=self.metrics)
-        self.scp = StorageSCP(ScpConfig(
-            settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
-            settings.max_associations,
-            scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert),
-            settings.association_request_timeout, settings.max_associations_per_peer,
-        ), self.intake)
         self.inbox = Inbox(settings.inbox, self.intake) if settings.inbox else None
         self.completion = CompletionChecker(self.journal, CompletionPolicy(
             settings.quiet_seconds, settings.stable_seconds, settings.forced_seconds), settings.series_rules)
@@ -129,7 +125,14 @@ class Node:
             if any(d.tls for d in destinations) else None
         self.sender = ResultSender(self.journal, destinations, settings.ae_title, settings.send_backoff,
                                    settings.send_backoff_max, client_tls,
-                                   on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc())
+                                   on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc(),
+                                   commitment_timeout=settings.commitment_timeout, https_ca=settings.tls_ca)
+        self.scp = StorageSCP(ScpConfig(
+            settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
+            settings.max_associations,
+            scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert),
+            settings.association_request_timeout, settings.max_associations_per_peer,
+        ), self.intake, on_commitment=self.sender.on_commitment_report)
         self.web = NodeWebServer(self.journal, self.metrics.registry, self.health, settings.http_bind,
                                  settings.http_port, f"SegMamba node {settings.ae_title}", ready=self.readiness,
                                  access=web_access(settings, self.spool.root))

@@ -31,7 +31,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -140,8 +140,19 @@ def mask(value: str | None) -> str:
     return "***" + text[-2:] if len(text) >= 6 else "***"
 
 
-def job_summary(row: Mapping[str, Any], show_phi: bool = False) -> dict[str, Any]:
-    """One journal job row as plain JSON-able data; patient ID and accession masked unless ``show_phi``."""
+def delivery_summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One outbox row: which output went where, its state and when it was stored, committed, delivered."""
+    return {"destination": row["destination"], "kind": row["kind"] or "seg", "sop_instance_uid": row["sop_uid"],
+            "sop_class_uid": row["sop_class"], "state": row["state"], "attempts": row["attempts"],
+            "stored": row["stored_at"] or (row["sent_at"] if row["state"] == "sent" else None),
+            "committed": row["committed_at"], "delivered": row["sent_at"] if row["state"] == "sent" else None,
+            "transaction_uid": row["transaction_uid"], "error": row["last_error"]}
+
+
+def job_summary(row: Mapping[str, Any], show_phi: bool = False,
+                deliveries: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """One journal job row as plain JSON-able data; patient ID and accession masked unless ``show_phi``;
+    ``deliveries``: its outbox rows (one per output and destination)."""
     outputs = json.loads(row["outputs"]) if row["outputs"] else {}
     patient_id, accession, reason = row["patient_id"], row["accession"], row["reason"]
     if not show_phi:
@@ -156,8 +167,35 @@ def job_summary(row: Mapping[str, Any], show_phi: bool = False) -> dict[str, Any
         "finished": row["finished_at"], "stage_times": json.loads(row["stage_times"]) if row["stage_times"] else {},
         "sent": row["sent"], "sends": row["sends"], "delivered": row["delivered_at"], "send_error": row["send_error"],
         "preview": f"/jobs/{row['id']}/preview.png" if outputs.get("preview") and show_phi else None,
-        "revision": int(row["revision"] or 0) + 1, "runs": row["runs"],
+        "revision": int(row["revision"] or 0) + 1, "runs": row["runs"], "committing": row["committing"],
+        "deliveries": [delivery_summary(d) for d in deliveries],
     }
+
+
+def recent_summaries(journal: Journal, limit: int, show_phi: bool) -> list[dict[str, Any]]:
+    rows = journal.recent_jobs(limit)
+    deliveries = journal.deliveries(int(row["id"]) for row in rows)
+    return [job_summary(row, show_phi, deliveries.get(int(row["id"]), ())) for row in rows]
+
+
+def _deliveries_cell(job: Mapping[str, Any]) -> str:
+    """Per destination: each output's state and when it was delivered (committed where required)."""
+    by_destination: dict[str, list[Mapping[str, Any]]] = {}
+    for item in job["deliveries"]:
+        if item["state"] != "superseded":
+            by_destination.setdefault(item["destination"], []).append(item)
+    parts = []
+    for name, items in by_destination.items():
+        lines = []
+        for item in items:
+            when = (f"committed {_when(item['committed'])}" if item["committed"] else
+                    f"sent {_when(item['delivered'])}" if item["delivered"] else
+                    f"stored {_when(item['stored'])}, awaiting commitment" if item["state"] == "committing" else
+                    f"pending (attempt {item['attempts'] + 1})")
+            lines.append(f'<li class="delivery delivery-{html.escape(item["state"])}">{html.escape(item["kind"])}: '
+                         f'{html.escape(when)}</li>')
+        parts.append(f"<b>{html.escape(name)}</b><ul>{''.join(lines)}</ul>")
+    return "".join(parts)
 
 
 def _when(stamp: float | None) -> str:
@@ -177,11 +215,12 @@ def _timeline(times: Mapping[str, float]) -> str:
 
 def status_page(journal: Journal, title: str, show_phi: bool = False, nonce: str = "") -> str:
     """The HTML status page (its one script, which marks rendered previews, runs with ``nonce``)."""
-    jobs = [job_summary(row, show_phi) for row in journal.recent_jobs(100)]
+    jobs = recent_summaries(journal, 100, show_phi)
     counts = journal.counts()
     rows = []
     for job in jobs:
-        delivered = (f"{job['sent']}/{job['sends']} {_when(job['delivered'])}" if job["sends"] else "")
+        delivered = (f"{job['sent']}/{job['sends']} {_when(job['delivered'])}{_deliveries_cell(job)}"
+                     if job["sends"] else "")
         problem = job["reason"] or job["send_error"] or ""
         revision = f" (revision {job['revision']}, supersedes the earlier result)" if job["revision"] > 1 else ""
         preview = (f'<img class="preview" src="{job["preview"]}" alt="preview of job {job["id"]}" width="240">'
@@ -271,7 +310,7 @@ class NodeWebServer:
         elif path == "/metrics":
             self._send(request, 200, CONTENT_TYPE_LATEST, generate_latest(registry))
         elif path == "/api/jobs":
-            jobs = [job_summary(row, show_phi) for row in self.journal.recent_jobs(1000)]
+            jobs = recent_summaries(self.journal, 1000, show_phi)
             self._send(request, 200, "application/json", json.dumps(jobs).encode())
         elif path in ("/", "/index.html"):
             nonce = secrets.token_urlsafe(16)

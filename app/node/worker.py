@@ -36,7 +36,8 @@ import pydicom
 
 from app.logs import log_context
 from app.node.executor import OOM, PERMANENT, JobExecutor, Outcome, WorkerStopped, after_out_of_memory
-from app.node.send.storage_scu import Destination
+from app.node.send.destinations import Destination
+from app.node.send.result_outputs import output_files
 from app.node.state.journal import Journal
 from app.node.state.spool import Spool
 from operators.atomic_files import RESULT_MODE, save_atomically, write_atomically
@@ -44,30 +45,60 @@ from operators.atomic_files import RESULT_MODE, save_atomically, write_atomicall
 log = logging.getLogger(__name__)
 JOURNAL_ERRORS = (sqlite3.Error, OSError)
 BEAT_EVERY = 5.0  # seconds between journal heartbeats of a running job
+# Segmentation Storage and Label Map Segmentation Storage: the SOP classes a result's SEG may have.
+SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
 
 def first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0]
 
 
+def _rename_uid(dataset: pydicom.Dataset, old: str, new: str) -> int:
+    """Replace every UI value ``old`` by ``new`` in ``dataset`` and its sequences; the count replaced."""
+    replaced = 0
+
+    def visit(ds: pydicom.Dataset, element: pydicom.DataElement) -> None:
+        nonlocal replaced
+        if element.VR == "UI" and element.value == old:
+            element.value = new
+            replaced += 1
+
+    dataset.walk(visit)
+    return replaced
+
+
 def mark_superseding(files: dict[str, str], series_uid: str | None, revision: int, supersedes: str | None) -> None:
     """Make a result the next revision of a study's result: the SEG joins ``series_uid`` as instance
     ``revision + 1`` with a ContentDescription saying it supersedes the previous instance; report.json
-    names the superseded SEG (``supersedes``)."""
+    names the superseded SEG (``supersedes``). The other outputs that reference the SEG's series (the SR's
+    segment references) and report.json's ``outputs`` are moved to that series with it."""
     seg_path = Path(files["segmentation"])
     seg = pydicom.dcmread(seg_path)
+    written_series = str(seg.SeriesInstanceUID)
     if series_uid:
         seg.SeriesInstanceUID = series_uid
     seg.InstanceNumber = revision + 1
     seg.ContentDescription = f"Revision {revision + 1}: supersedes instance {revision} of this series"  # LO: 64
     save_atomically(seg, seg_path)
     report_path = Path(files.get("report", ""))
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        report["revision"] = revision + 1
-        report["supersedes"] = {"sop_instance_uid": supersedes, "series_instance_uid": series_uid,
-                                "reason": "instances arrived after the previous result; this result replaces it"}
-        write_atomically(report_path, json.dumps(report, indent=2).encode(), RESULT_MODE)
+    if not report_path.is_file():
+        return
+    report = json.loads(report_path.read_text())
+    if series_uid and series_uid != written_series:
+        for entry in report.get("outputs") or []:
+            if entry.get("series_instance_uid") == written_series:
+                entry["series_instance_uid"] = series_uid
+            for name in entry.get("files") or []:
+                path = Path(name) if Path(name).is_absolute() else report_path.parent / name
+                if path.resolve() == seg_path.resolve() or not path.is_file():
+                    continue
+                output = pydicom.dcmread(path)
+                if _rename_uid(output, written_series, series_uid):
+                    save_atomically(output, path)
+    report["revision"] = revision + 1
+    report["supersedes"] = {"sop_instance_uid": supersedes, "series_instance_uid": series_uid,
+                            "reason": "instances arrived after the previous result; this result replaces it"}
+    write_atomically(report_path, json.dumps(report, indent=2).encode(), RESULT_MODE)
 
 
 class Worker:
@@ -199,15 +230,18 @@ class Worker:
         job_id, study, revision = int(job["id"]), str(job["study_uid"]), int(job["revision"])
         files = dict(outcome.files)
         if revision > 0:
-            previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? ORDER BY id DESC LIMIT 1",
-                                          (job_id,))
+            previous = self.journal.query("SELECT sop_uid FROM outbox WHERE job_id = ? AND (sop_class IS NULL OR"
+                                          " sop_class IN (?, ?)) ORDER BY id DESC LIMIT 1",
+                                          (job_id, *SEGMENTATION_CLASSES))
             mark_superseding(files, job["seg_series_uid"], revision, previous[0]["sop_uid"] if previous else None)
-        sop_uid = outcome.seg_sop_uid  # mark_superseding keeps it and moves the SEG into seg_series_uid
-        sends = [(d.name, files["segmentation"], sop_uid) for d in self.destinations]
+        outputs = output_files(files)  # UIDs and SOP classes as report.json lists them: no header re-read
+        seg = next((o for o in outputs if o.kind == "seg"), None)
+        sop_uid = seg.sop_uid if seg is not None else "(none)"
+        sends = [(d.name, str(o.path), o.sop_uid, o.kind, o.sop_class) for d in self.destinations for o in outputs]
         if not self.journal.finish_job(job_id, files, outcome.stage_times, sends, int(job["runs"]),
-                                       job["seg_series_uid"] or outcome.seg_series_uid):
+                                       seg.series_uid if seg is not None else None):
             log.warning("study %s job %d: result discarded, the job was taken back meanwhile", study, job_id)
             return
-        log.info("study %s job %d: done in %.1f s, SEG %s%s queued for %s", study, job_id,
+        log.info("study %s job %d: done in %.1f s, SEG %s%s and %d other output(s) queued for %s", study, job_id,
                  sum(outcome.stage_times.values()), sop_uid, f" (revision {revision + 1})" if revision else "",
-                 [d.name for d in self.destinations])
+                 len(outputs) - 1, [d.name for d in self.destinations])

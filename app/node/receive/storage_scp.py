@@ -4,7 +4,9 @@ Accepts every storage SOP class (Segmentation included) in every transfer syntax
 (uncompressed, deflate, JPEG, JPEG-LS, JPEG 2000, RLE, ...), from callers on the allow-list
 (empty: anyone), addressed to our AE title (else A-ASSOCIATE-RJ, reason 7 "called AE title not
 recognised"; an unknown caller gets reason 3), optionally over TLS. Each C-STORE is answered
-with the intake's status (Success only once the instance is on disk and journalled).
+with the intake's status (Success only once the instance is on disk and journalled). A PACS that
+commits our results reports on a new association (N-EVENT-REPORT, Storage Commitment Push Model):
+the report goes to ``on_commitment`` (the result sender's journal update).
 
 Intake cannot be starved by connections that send nothing: a new connection has
 ``request_timeout`` seconds for its TLS handshake and first bytes (waited for in its own thread,
@@ -25,7 +27,7 @@ import socket
 import ssl
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,10 +35,11 @@ from typing import Any
 
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from app.node.receive.intake import CANNOT_UNDERSTAND, Expected, Intake, comment_text
+from app.node.send.storage_commitment import CommitmentReport, report_handler
 from operators.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -195,9 +198,11 @@ class _GuardedServer(ThreadedAssociationServer):
 class StorageSCP:
     """A running (or startable) Storage SCP feeding one Intake."""
 
-    def __init__(self, config: ScpConfig, intake: Intake) -> None:
+    def __init__(self, config: ScpConfig, intake: Intake,
+                 on_commitment: Callable[[CommitmentReport, str], None] | None = None) -> None:
         self.config = config
         self.intake = intake
+        self.on_commitment = on_commitment
         self.server: ThreadedAssociationServer | None = None
         ae = AE(config.ae_title)
         ae.maximum_associations = config.max_associations
@@ -209,6 +214,8 @@ class StorageSCP:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if on_commitment is not None:  # the PACS, as requestor, may propose its SCP role for the report
+            ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         self.ae = ae
 
     def start(self) -> None:
@@ -216,6 +223,8 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
+        if self.on_commitment is not None:
+            handlers.append((evt.EVT_N_EVENT_REPORT, report_handler(self.on_commitment)))
         server = self.ae.make_server(
             (self.config.bind_address, self.config.port), evt_handlers=handlers, ssl_context=self.config.ssl_context,
             server_class=_GuardedServer, request_handler=_GuardedHandler,

@@ -1,1 +1,1 @@
-"""Sending results: the outbox drained over C-STORE."""
+"""Sending results: the outbox drained over C-STORE (with storage commitment) or STOW-RS, per destination."""

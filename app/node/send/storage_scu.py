@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from app.node.send.destinations import Destination
 
 log = logging.getLogger(__name__)
 # Success, and the warnings that mean the object was stored (coerced, elements discarded, mismatch).
@@ -22,22 +23,6 @@ STORED = (0x0000, 0xB000, 0xB006, 0xB007)
 
 class DestinationUnavailable(ConnectionError):
     """No association could be established (peer down, rejected, TLS failure)."""
-
-
-@dataclass(frozen=True)
-class Destination:
-    """A C-STORE peer."""
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Destination:
-        return cls(str(data.get("name") or data["ae_title"]), str(data["ae_title"]), str(data["host"]),
-                   int(data["port"]), bool(data.get("tls", False)))
 
 
 @dataclass(frozen=True)

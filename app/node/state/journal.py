@@ -2,7 +2,9 @@
 
 Tables: ``instances`` (one row per received SOP Instance UID), ``studies`` (receiving -> queued),
 ``jobs`` (ready -> processing -> done | failed, reopened -> ready; one job per study), ``outbox``
-(one row per result file and destination: pending -> sent | superseded), ``audit`` (who sent what,
+(one row per result file and destination: pending -> sent | superseded; for a destination that
+requires Storage Commitment pending -> committing -> sent, or back to pending when the PACS
+reports a failure or no report comes by ``commit_due``), ``audit`` (who sent what,
 where results went) and ``node_state`` (the writability probe).
 
 Every state change is one transaction, so after a crash the journal shows a consistent state;
@@ -20,7 +22,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +58,15 @@ CREATE TABLE IF NOT EXISTS node_state (key TEXT PRIMARY KEY, value TEXT);
 # Job columns added after the first release (journals written by it gain them on open).
 JOB_COLUMNS = {"runs": "INTEGER NOT NULL DEFAULT 0", "heartbeat_at": "REAL", "revision": "INTEGER NOT NULL DEFAULT 0",
                "stale": "INTEGER NOT NULL DEFAULT 0", "seg_series_uid": "TEXT"}
+# Outbox columns of the delivery work (issue 14): the output's kind and SOP class, when the peer stored
+# it, the storage commitment transaction, its deadline and when the PACS committed it.
+OUTBOX_COLUMNS = {"kind": "TEXT", "sop_class": "TEXT", "stored_at": "REAL", "transaction_uid": "TEXT",
+                  "commit_due": "REAL", "committed_at": "REAL"}
 # Schema version (SQLite ``PRAGMA user_version``): 0 = journals of releases before versioning, whose
-# missing columns the additive steps above bring in; 1 = this schema. Raise it with each change and
-# add the step to ``_migrate``; a journal newer than this code is refused (downgrade).
-SCHEMA_VERSION = 1
+# missing columns the additive steps above bring in; 1 = the first versioned schema; 2 = the outbox
+# delivery columns (OUTBOX_COLUMNS). Raise it with each change and add the step to ``_migrate``; a
+# journal newer than this code is refused (downgrade).
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,11 @@ class Journal:
         for column, kind in JOB_COLUMNS.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for column, kind in OUTBOX_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_by_transaction ON outbox (transaction_uid)")
         self._migrate()
 
     def _migrate(self) -> None:
@@ -105,7 +117,7 @@ class Journal:
                                      f"{SCHEMA_VERSION}: run the newer node, or restore the journal's backup")
         if found == SCHEMA_VERSION:
             return
-        with self.transaction() as db:  # 0 -> 1: the columns above; nothing else changes
+        with self.transaction() as db:  # 0 -> 1 -> 2: the additive columns above; nothing else changes
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             if db.execute("SELECT 1 FROM studies LIMIT 1").fetchone():  # not a journal created just now
                 self._audit(db, "journal-migrated", None, None, "node", f"schema {found} -> {SCHEMA_VERSION}")
@@ -318,13 +330,14 @@ class Journal:
 
     def finish_job(
         self, job_id: int, outputs: Mapping[str, str], stage_times: Mapping[str, float],
-        sends: Iterable[tuple[str, str, str]], run: int | None = None, seg_series_uid: str | None = None,
+        sends: Iterable[tuple[str, ...]], run: int | None = None, seg_series_uid: str | None = None,
     ) -> bool:
-        """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid).
+        """Mark a job done and put its results in the outbox: ``sends`` = (destination, path, sop_uid[, kind,
+        sop_class]).
 
-        Pending sends of an earlier revision are superseded (never sent). When instances arrived
-        while the job ran (stale), the study is reopened as the next revision. False (nothing
-        changed) when the job is no longer this run's."""
+        Pending sends of an earlier revision, and those awaiting a commitment report, are superseded
+        (never sent again). When instances arrived while the job ran (stale), the study is reopened as
+        the next revision. False (nothing changed) when the job is no longer this run's."""
         now = self.clock()
         sends = list(sends)
         with self.transaction() as db:
@@ -336,15 +349,16 @@ class Journal:
                 " seg_series_uid = COALESCE(seg_series_uid, ?) WHERE id = ?",
                 (now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), seg_series_uid, job_id),
             )
-            new_uids = {sop_uid for _, _, sop_uid in sends}
-            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state = 'pending'",
-                                  (job_id,)).fetchall():
+            new_uids = {send[2] for send in sends}
+            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state IN ('pending',"
+                                  " 'committing')", (job_id,)).fetchall():
                 if old["sop_uid"] not in new_uids:
                     db.execute("UPDATE outbox SET state = 'superseded' WHERE id = ?", (old["id"],))
-            for destination, path, sop_uid in sends:
+            for destination, path, sop_uid, *more in sends:
+                kind, sop_class = [*more, "seg", ""][:2]
                 db.execute(
-                    "INSERT OR IGNORE INTO outbox (job_id, destination, path, sop_uid) VALUES (?, ?, ?, ?)",
-                    (job_id, destination, path, sop_uid),
+                    "INSERT OR IGNORE INTO outbox (job_id, destination, path, sop_uid, kind, sop_class)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (job_id, destination, path, sop_uid, kind, sop_class or None),
                 )
             self._audit(db, "job-done", job["study_uid"], job_id, "node", json.dumps(dict(outputs)))
             if job["stale"]:
@@ -414,19 +428,99 @@ class Journal:
         return self.query("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
                           " WHERE o.state = 'pending' AND o.next_at <= ? ORDER BY o.id", (self.clock(),))
 
-    def mark_sent(self, send_id: int, detail: str) -> None:
+    def mark_sent(self, send_id: int, detail: str, committed: bool = False) -> None:
+        """Delivered: the peer acknowledged (and, with ``committed``, committed) the instance."""
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
-                       (self.clock(), send_id))
+            now = self.clock()
+            db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, stored_at = COALESCE(stored_at, ?),"
+                       " committed_at = CASE WHEN ? THEN ? ELSE committed_at END, last_error = NULL WHERE id = ?",
+                       (now, now, committed, now, send_id))
             row = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id WHERE o.id = ?",
                              (send_id,)).fetchone()
-            self._audit(db, "result-sent", row["study_uid"], row["job_id"], row["destination"],
-                        f"{row['sop_uid']}: {detail}")
+            self._audit(db, "result-committed" if committed else "result-sent", row["study_uid"], row["job_id"],
+                        row["destination"], f"{row['sop_uid']}: {detail}")
 
     def mark_send_failed(self, send_id: int, error: str, retry_in: float) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ? WHERE id = ?",
+            db.execute("UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?,"
+                       " transaction_uid = NULL, commit_due = NULL WHERE id = ? AND state IN ('pending', 'committing')",
                        (error, self.clock() + retry_in, send_id))
+
+    def mark_stored(self, send_ids: Iterable[int], transaction_uid: str, wait: float, detail: str) -> None:
+        """Stored by the peer, commitment to be requested under ``transaction_uid``: 'committing' until the
+        PACS reports, at the latest ``wait`` seconds from now (journalled before the N-ACTION goes out, so a
+        report that comes at once finds its rows, also after a restart)."""
+        now = self.clock()
+        with self.transaction() as db:
+            for send_id in send_ids:
+                db.execute("UPDATE outbox SET state = 'committing', stored_at = ?, sent_at = ?, transaction_uid = ?,"
+                           " commit_due = ?, last_error = NULL WHERE id = ?",
+                           (now, now, transaction_uid, now + wait, send_id))
+                row = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
+                                 " WHERE o.id = ?", (send_id,)).fetchone()
+                self._audit(db, "result-stored", row["study_uid"], row["job_id"], row["destination"],
+                            f"{row['sop_uid']}: {detail}; commitment requested ({transaction_uid})")
+
+    def committing(self, transaction_uid: str) -> list[sqlite3.Row]:
+        return self.query("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
+                          " WHERE o.transaction_uid = ? AND o.state = 'committing'", (transaction_uid,))
+
+    def record_commitment(self, transaction_uid: str, committed: Iterable[str], failed: Mapping[str, str],
+                          retry_in: Callable[[int], float], actor: str) -> tuple[list[str], list[str]]:
+        """A Storage Commitment report: committed instances of the transaction are delivered ('sent'); failed
+        ones (and any the report does not name) go back to pending, resent after ``retry_in(attempts)``.
+        Returns the destinations of the rows (committed, to resend); both empty for an unknown or
+        already settled transaction."""
+        committed = set(committed)
+        now = self.clock()
+        done: list[str] = []
+        again: list[str] = []
+        with self.transaction() as db:
+            rows = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
+                              " WHERE o.transaction_uid = ? AND o.state = 'committing'", (transaction_uid,)).fetchall()
+            for row in rows:
+                if row["sop_uid"] in committed:
+                    db.execute("UPDATE outbox SET state = 'sent', committed_at = ?, last_error = NULL WHERE id = ?",
+                               (now, row["id"]))
+                    self._audit(db, "result-committed", row["study_uid"], row["job_id"], row["destination"],
+                                f"{row['sop_uid']}: committed by {actor} ({transaction_uid})")
+                    done.append(str(row["destination"]))
+                    continue
+                reason = failed.get(row["sop_uid"], "not named in the report")
+                error = f"{row['destination']}: storage commitment failed: {reason}"
+                db.execute("UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?,"
+                           " transaction_uid = NULL, commit_due = NULL WHERE id = ?",
+                           (error, now + retry_in(int(row["attempts"])), row["id"]))
+                self._audit(db, "result-not-committed", row["study_uid"], row["job_id"], row["destination"],
+                            f"{row['sop_uid']}: {reason}; sent again")
+                again.append(str(row["destination"]))
+        return done, again
+
+    def expire_commitments(self, retry_in: Callable[[int], float]) -> list[sqlite3.Row]:
+        """Rows still 'committing' past their ``commit_due`` (no report came): back to pending, to be
+        resent after ``retry_in(attempts)``. Returns the expired rows."""
+        now = self.clock()
+        with self.transaction() as db:
+            rows = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
+                              " WHERE o.state = 'committing' AND o.commit_due < ?", (now,)).fetchall()
+            for row in rows:
+                db.execute("UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?,"
+                           " transaction_uid = NULL, commit_due = NULL WHERE id = ?",
+                           (f"{row['destination']}: no storage commitment report by the deadline",
+                            now + retry_in(int(row["attempts"])), row["id"]))
+        return list(rows)
+
+    def deliveries(self, job_ids: Iterable[int]) -> dict[int, list[sqlite3.Row]]:
+        """Every outbox row of the jobs: which output went where, when stored, committed, delivered."""
+        ids = [int(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        rows = self.query(f"SELECT * FROM outbox WHERE job_id IN ({','.join('?' * len(ids))}) ORDER BY job_id, id",
+                          ids)
+        found: dict[int, list[sqlite3.Row]] = {}
+        for row in rows:
+            found.setdefault(int(row["job_id"]), []).append(row)
+        return found
 
     # --- audit, status and retention ------------------------------------------------------------
 
@@ -453,7 +547,9 @@ class Journal:
             "SELECT j.*, s.instances, s.calling_ae, s.first_at, s.last_at, s.patient_id, s.accession,"
             " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = 'sent') AS sent,"
             " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id) AS sends,"
-            " (SELECT MAX(o.sent_at) FROM outbox o WHERE o.job_id = j.id) AS delivered_at,"
+            " (SELECT MAX(COALESCE(o.committed_at, o.sent_at)) FROM outbox o WHERE o.job_id = j.id"
+            "  AND o.state = 'sent') AS delivered_at,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = 'committing') AS committing,"
             " (SELECT o.last_error FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending'"
             "  AND o.last_error IS NOT NULL LIMIT 1) AS send_error"
             " FROM jobs j JOIN studies s ON s.study_uid = j.study_uid ORDER BY j.id DESC LIMIT ?", (limit,))
@@ -462,7 +558,7 @@ class Journal:
         """Finished jobs (done and fully sent, or failed) older than ``cutoff``: spool files may go."""
         return self.query(
             "SELECT * FROM jobs j WHERE j.finished_at < ? AND (j.state = 'failed' OR (j.state = 'done' AND NOT EXISTS"
-            " (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending')))", (cutoff,))
+            " (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state IN ('pending', 'committing'))))", (cutoff,))
 
     def forget_study(self, study_uid: str, job_id: int) -> None:
         """Prune the rows of a study whose files retention removed (instances, job, outbox, audit with
