@@ -137,8 +137,8 @@ def test_instances_after_the_result_make_a_superseding_seg(source: Path, tmp_pat
         later = _hold_back(tmp_path / "tail", _flair(tmp_path / "tail")[-4:])
         assert send_study(tmp_path / "tail", node.port)
         [first] = wait_for(lambda: [s for s in orthanc.segs() if s["StudyInstanceUID"] == study], 120, "first SEG")
-        wait_for(lambda: node.journal_rows("SELECT COUNT(*) FROM outbox WHERE state = 'sent'") == [(1,)], 20,
-                 "the first SEG acknowledged")
+        sent_segs = "SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND kind = 'seg'"
+        wait_for(lambda: node.journal_rows(sent_segs) == [(1,)], 20, "the first SEG acknowledged")
         assert send_study(later, node.port)
 
         def both() -> list[dict[str, str]] | None:
