@@ -60,9 +60,10 @@ def test_kill_during_intake_processing_and_sending_with_pacs_down(source: Path, 
         [(state, attempts, runs)] = node.journal_rows("SELECT state, attempts, runs FROM jobs")
         assert (state, runs) == ("done", 2), "processing restarted once after the kill"
         assert attempts == 0, "a restart of the node uses none of the job's attempts"
-        wait_for(lambda: node.journal_rows("SELECT state FROM outbox") == [("sent",)], 10, "the acknowledgement")
+        wait_for(lambda: node.journal_rows("SELECT kind, state FROM outbox ORDER BY kind")
+                 == [("seg", "sent"), ("sr", "sent")], 10, "the acknowledgements of the SEG and the SR")
         events = [row[0] for row in node.journal_rows("SELECT event FROM audit ORDER BY id")]
-        assert events.count("recovered") == 1 and events.count("result-sent") == 1
+        assert events.count("recovered") == 1 and events.count("result-sent") == 2, "each output sent once"
     finally:
         node.kill()
         orthanc.stop()

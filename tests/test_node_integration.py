@@ -67,13 +67,18 @@ def test_storescu_study_ends_as_seg_in_orthanc(peers: Any, base: Any) -> None:
     assert referenced["SeriesInstanceUID"] == t1c.series_instance_uid
     reference_uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in t1c.files}
     assert {item["ReferencedSOPInstanceUID"] for item in referenced["ReferencedInstanceSequence"]} <= reference_uids
-    [study] = [s for s in orthanc.get("/studies?expand") or []
-               if s["MainDicomTags"]["StudyInstanceUID"] == base.study_instance_uid]
-    assert len(study["Series"]) == 1, "only the SEG goes to the PACS, filed under the study it segments"
+    def result_modalities() -> list[str]:
+        studies = [s for s in orthanc.get("/studies?expand") or []
+                   if s["MainDicomTags"]["StudyInstanceUID"] == base.study_instance_uid]
+        return sorted(orthanc.get(f"/series/{series}")["MainDicomTags"]["Modality"]
+                      for study in studies for series in study["Series"])
+
+    assert wait_for(lambda: result_modalities() == ["SEG", "SR"], 30, "the SR beside the SEG"), \
+        "only the results (the SEG and the SR of its volumes) go to the PACS, filed under the study they segment"
 
     [job] = wait_for(lambda: [j for j in node.jobs() if j["study_uid"] == base.study_instance_uid and j["sent"]], 10,
                      "the journal to record the acknowledgement")
-    assert job["state"] == "done" and job["trigger"] == "quiet" and job["sent"] == job["sends"] == 1
+    assert job["state"] == "done" and job["trigger"] == "quiet" and job["sent"] == job["sends"] == 2, "the SEG and the SR"
     assert set(job["stage_times"]) == {"load", "select", "volume", "infer", "write"}
     audit = node.journal_rows(f"SELECT event, actor FROM audit WHERE study_uid = '{base.study_instance_uid}'")
     assert audit[0][0] == "study-first-instance" and audit[0][1].startswith("MODALITY@127.0.0.1")
