@@ -1,8 +1,11 @@
 """BraTS 2023 layout reader, preprocessing, training transforms and the train/val/test split.
 
 Layout: ``<root>/<case>/<case>-{t1n,t1c,t2w,t2f}.nii.gz`` (+ ``-seg.nii.gz`` with labels 0-3).
-Preprocessing matches the application: channels stacked in the model card's channel order,
-cropped to the nonzero region (any channel), z-scored per channel over its nonzero voxels.
+Arrays are handed over in one fixed array orientation (axis codes, default ``BRATS_ORIENTATION``
+= ``S, P, L``: what the reference recipe's SimpleITK reading of BraTS files gives), reoriented by each
+file's NIfTI affine, so a network sees the orientation its model card declares whatever the file's
+voxel order. Preprocessing matches the application: channels stacked in the model card's channel
+order, cropped to the nonzero region (any channel), z-scored per channel over its nonzero voxels.
 Training draws random patches (a fraction centred on tumour voxels: foreground oversampling)
 with nnU-Net-style augmentation built from MONAI transforms.
 """
@@ -24,6 +27,10 @@ from scipy import ndimage
 CHANNEL_ORDER: tuple[str, ...] = ("t2w", "t2f", "t1n", "t1c")
 MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 SPLIT_FILE = "split.json"
+# Axis codes (nibabel ``aff2axcodes`` convention: the direction each array index increases toward) of
+# the training arrays: BraTS 2023 files read by SimpleITK, as the reference recipe (see
+# operators/reorientation.py REFERENCE_ORIENTATION and segmamba/export.py REFERENCE_CONVENTION).
+BRATS_ORIENTATION: tuple[str, str, str] = ("S", "P", "L")
 
 
 @dataclass(frozen=True)
@@ -51,21 +58,50 @@ def find_cases(root: Path, require_seg: bool = True) -> list[CaseFiles]:
     return cases
 
 
-def load_case(case: CaseFiles, channel_order: Sequence[str] = CHANNEL_ORDER) -> dict[str, Any]:
-    """Raw arrays: ``image`` (C, i, j, k) float32, ``label`` (1, i, j, k) uint8 or None, ``affine``, spacing."""
+def reorient(image: Any, orientation: Sequence[str] | None) -> Any:
+    """A nibabel image with its voxel axes permuted/flipped to the axis codes (affine updated).
+
+    ``None`` keeps the file's voxel order. Codes name patient directions (``L``/``R``, ``P``/``A``,
+    ``S``/``I``), the same in nibabel's RAS world as in the project's LPS frame.
+    """
+    from nibabel import orientations
+
+    if orientation is None:
+        return image
+    codes = tuple(str(c).upper() for c in orientation)
+    try:
+        target = orientations.axcodes2ornt(codes)
+    except ValueError as error:
+        raise ValueError(f"orientation {list(orientation)}: {error}") from error
+    if len(codes) != 3 or np.isnan(target).any() or sorted(target[:, 0]) != [0, 1, 2]:
+        raise ValueError(f"orientation must be three axis codes of L/R, P/A, S/I, got {list(orientation)}")
+    current = orientations.io_orientation(image.affine)
+    if np.array_equal(current, target):
+        return image
+    return image.as_reoriented(orientations.ornt_transform(current, target))
+
+
+def load_case(case: CaseFiles, channel_order: Sequence[str] = CHANNEL_ORDER,
+              orientation: Sequence[str] | None = BRATS_ORIENTATION) -> dict[str, Any]:
+    """Raw arrays in ``orientation`` (`reorient`): ``image`` (C, a0, a1, a2) float32, ``label``
+    (1, a0, a1, a2) uint8 or None, the NIfTI ``affine`` of those arrays and the voxel spacing per axis."""
     import nibabel as nib
 
-    first = nib.load(case.images[channel_order[0]])
+    first = reorient(nib.load(case.images[channel_order[0]]), orientation)
     arrays = [np.asarray(first.dataobj, dtype=np.float32)]
     for role in channel_order[1:]:
-        image = nib.load(case.images[role])
-        if image.shape != first.shape:
-            raise ValueError(f"{case.name}: {role} has shape {image.shape}, expected {first.shape}")
+        image = reorient(nib.load(case.images[role]), orientation)
+        if image.shape != first.shape or not np.allclose(image.affine, first.affine, atol=1e-3):
+            raise ValueError(f"{case.name}: {role} is not on the grid of {channel_order[0]} "
+                             f"(shape {image.shape}, expected {first.shape}; sequences must be co-registered)")
         arrays.append(np.asarray(image.dataobj, dtype=np.float32))
     label = None
     if case.seg is not None:
-        label = np.asarray(nib.load(case.seg).dataobj).astype(np.uint8)[None]
-    spacing = tuple(float(z) for z in first.header.get_zooms()[:3])
+        seg = reorient(nib.load(case.seg), orientation)
+        if seg.shape != first.shape:
+            raise ValueError(f"{case.name}: seg has shape {seg.shape}, expected {first.shape}")
+        label = np.asarray(seg.dataobj).astype(np.uint8)[None]
+    spacing = tuple(float(z) for z in np.linalg.norm(first.affine[:3, :3], axis=0))
     return {"name": case.name, "image": np.stack(arrays), "label": label, "affine": first.affine,
             "spacing": spacing}
 
@@ -81,9 +117,10 @@ def preprocess(image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.n
     return np.asarray(normalize(image), dtype=np.float32), label
 
 
-def load_preprocessed(case: CaseFiles, channel_order: Sequence[str] = CHANNEL_ORDER) -> dict[str, Any]:
+def load_preprocessed(case: CaseFiles, channel_order: Sequence[str] = CHANNEL_ORDER,
+                      orientation: Sequence[str] | None = BRATS_ORIENTATION) -> dict[str, Any]:
     """`load_case` then `preprocess`: what training and validation iterate over."""
-    raw = load_case(case, channel_order)
+    raw = load_case(case, channel_order, orientation)
     image, label = preprocess(raw["image"], raw["label"])
     return {"name": raw["name"], "image": image, "label": label, "spacing": raw["spacing"]}
 

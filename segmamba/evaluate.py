@@ -149,6 +149,9 @@ def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | No
                    sweep_min_tumour_ml: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """Run a model folder on BraTS-layout cases (uncropped grid restored, card postprocessing) and score them.
 
+    Arrays are read in the card's ``input_convention.orientation`` (file voxel order without one); saved
+    predictions carry the affine of that orientation.
+
     ``sweep_min_tumour_ml`` scores each case once per postprocessing threshold instead of the card's
     (rows gain a ``min_tumour_ml`` column): how a card's value is chosen on a validation split.
     """
@@ -161,10 +164,13 @@ def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | No
     model, card = load_model_folder(model_folder, device)
     inference = card.get("inference", {})
     min_tumour_ml = card.get("postprocessing", {}).get("min_tumour_ml", 0.0)
+    # The array orientation the network was trained in; a card without an input_convention block
+    # (models trained before it existed) was trained in the files' own voxel order.
+    orientation = card.get("input_convention", {}).get("orientation")
     cases = [c for c in find_cases(data_dir) if names is None or c.name in set(names)]
     rows = []
     for case in tqdm(cases, desc="evaluate", disable=not progress):
-        raw = load_case(case, card.get("channel_order", ["t2w", "t2f", "t1n", "t1c"]))
+        raw = load_case(case, card.get("channel_order", ["t2w", "t2f", "t1n", "t1c"]), orientation)
         nonzero = np.any(raw["image"] != 0, axis=0)
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(nonzero))
         image, _ = preprocess(raw["image"])

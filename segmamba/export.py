@@ -1,11 +1,13 @@
 """Export a training checkpoint as the model folder the application loads (``-m``).
 
     python -m segmamba.export --checkpoint RUN_DIR/best.pt --out models/segmamba-demo [--demo]
+        [--input-convention brats]
     python -m segmamba.export --reference-checkpoint final_model_0.9038.pt --out models/segmamba-brats23
 
 Writes ``metadata.json`` (architecture, channel order, preprocessing, sliding-window settings,
-label meanings, training data description, measured validation metrics) and ``model.pt`` (the
-state_dict, float16 unless ``--float32``).
+label meanings, training data description, measured validation metrics; with ``--input-convention
+brats`` the ``input_convention`` block of a network trained on BraTS-layout data) and ``model.pt``
+(the state_dict, float16 unless ``--float32``).
 
 ``--reference-checkpoint`` takes a checkpoint saved by the reference training code (github
 ge-xing/SegMamba, commit cff3597): a bare state_dict, one under ``state_dict``/``model``/
@@ -67,24 +69,60 @@ REFERENCE_CONVENTION: dict[str, Any] = {
 }
 
 
+INPUT_CONVENTIONS = ("brats",)
+DEMO_CONVENTION_SOURCE = ("segmamba.train on BraTS-layout synthetic cases (skull-stripped, co-registered, "
+                          "1 mm), read in the reference recipe's array orientation")
+
+
+def brats_convention(orientation: list[str], mirror_tta: bool, normalize: str = "zscore_nonzero") -> dict[str, Any]:
+    """The ``input_convention`` block of a network trained on BraTS-layout data with `segmamba.train`.
+
+    The keys and settings of `REFERENCE_CONVENTION` (registration onto t1c, deepbet brain extraction,
+    no atlas), with this training's normalisation and the card's mirror TTA. ``orientation`` is the
+    training run's ``--orientation``: it must be the reference's S,P,L, or the card would misdescribe
+    the arrays the network saw.
+    """
+    codes = [str(c).upper() for c in orientation]
+    if codes != REFERENCE_CONVENTION["orientation"]:
+        raise ValueError(f"checkpoint trained in array orientation {codes}, the BraTS convention is "
+                         f"{REFERENCE_CONVENTION['orientation']}: retrain with --orientation S P L")
+    convention = json.loads(json.dumps(REFERENCE_CONVENTION))  # deep copy
+    convention.update(source=DEMO_CONVENTION_SOURCE, orientation=codes, normalize=normalize,
+                      mirror_axes=[0, 1, 2] if mirror_tta else [])
+    return convention
+
+
 def _recipe(config: dict[str, Any]) -> str:
     loss = "soft Dice + cross-entropy" if config.get("loss") == "dicece" else "cross-entropy"
     return (f"segmamba.train: {loss} over labels 0-3, SGD momentum {config.get('momentum', 0.99)} Nesterov, "
             f"lr {config.get('lr', 1e-2)} poly 0.9, weight decay {config.get('weight_decay', 3e-5)}, "
             f"grad clip {config.get('grad_clip', 12.0)}, nnU-Net-style augmentation, "
             f"foreground fraction {config.get('foreground_fraction', 1 / 3):.2f}"
-            + ("; Mamba encoder frozen at its seeded initialisation" if config.get("freeze_encoder") else ""))
+            + ("; Mamba encoder frozen at its seeded initialisation" if config.get("freeze_encoder") else "")
+            + (f"; fine-tuned from {config['init_from']}" if config.get("init_from") else ""))
 
 
 def export_model(checkpoint: Path, out: Path, *, name: str, version: str, description: str, intended_use: str,
                  overlap: float = 0.5, sw_batch_size: int = 1, mirror_tta: bool = False, float16: bool = True,
                  min_tumour_ml: float = 0.0, extra_metrics: dict[str, Any] | None = None,
-                 dicom_metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``out/metadata.json`` and ``out/model.pt`` from a `segmamba.train` checkpoint."""
+                 dicom_metrics: dict[str, Any] | None = None, input_convention: str | None = None) -> Path:
+    """Write ``out/metadata.json`` and ``out/model.pt`` from a `segmamba.train` checkpoint.
+
+    ``input_convention="brats"`` adds the card's ``input_convention`` block (`brats_convention`); the
+    checkpoint must have been trained in the BraTS array orientation (``--orientation S P L``).
+    """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = state.get("config", {})
+    convention = None
+    if input_convention is not None:
+        if input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(f"unknown input convention {input_convention!r}: use one of {INPUT_CONVENTIONS}")
+        if "orientation" not in config:
+            raise ValueError(f"{checkpoint} was trained in its files' voxel order (no --orientation): "
+                             "it cannot declare the BraTS input convention")
+        convention = brats_convention(config["orientation"], mirror_tta)
     weights = {k: (v.half() if float16 and v.is_floating_point() else v).contiguous()
                for k, v in state["model"].items()}
-    config = state.get("config", {})
     patch = int(config.get("patch", 128))
     out.mkdir(parents=True, exist_ok=True)
     torch.save(weights, out / WEIGHTS_NAME)
@@ -112,6 +150,7 @@ def export_model(checkpoint: Path, out: Path, *, name: str, version: str, descri
         "postprocessing": {"min_tumour_ml": min_tumour_ml},
         "labels": LABELS,
         "regions": {k: list(v) for k, v in REGIONS.items()},
+        **({"input_convention": convention} if convention else {}),
         "training": {
             "data": state.get("data_description", ""),
             "recipe": _recipe(config),
@@ -193,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mirror-tta", action="store_true")
     parser.add_argument("--min-tumour-ml", type=float, default=0.0,
                         help="drop whole-tumour components smaller than this (mL) after inference")
+    parser.add_argument("--input-convention", choices=INPUT_CONVENTIONS,
+                        help="declare the input convention the network was trained in (brats: skull-stripped, "
+                             "registered onto t1c, S,P,L at 1 mm; needs a run trained with --orientation S P L)")
     parser.add_argument("--float32", action="store_true", help="keep float32 weights")
     parser.add_argument("--metrics-json", type=Path, help="evaluate --json output to record as held-out metrics")
     parser.add_argument("--dicom-metrics-json", type=Path,
@@ -210,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                        description=args.description,
                        intended_use=DEMO_INTENDED_USE if args.demo else args.intended_use, overlap=args.overlap,
                        sw_batch_size=args.sw_batch_size, mirror_tta=args.mirror_tta, float16=not args.float32,
-                       min_tumour_ml=args.min_tumour_ml, extra_metrics=extra, dicom_metrics=dicom)
+                       min_tumour_ml=args.min_tumour_ml, extra_metrics=extra, dicom_metrics=dicom,
+                       input_convention=args.input_convention)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"wrote {out} ({size:.1f} MB)")
 

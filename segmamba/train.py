@@ -13,6 +13,8 @@ Dice), metrics.csv and curves.png.
 The whole network trains on CPU too: the scans' gradients come from numba kernels (segmamba.scan).
 ``--freeze-encoder`` keeps the Mamba encoder (``vit``) at its seeded initialisation and trains the
 convolutional encoder/decoder only (about 1.7x faster per step on CPU; not the reference recipe).
+``--init-from WEIGHTS`` fine-tunes from an earlier model's weights (same architecture) instead of
+a seeded initialisation; the poly schedule then runs over this run's iterations only.
 ``--thick-slice-prob`` adds an augmentation outside the reference recipe: patches where some
 channels look like thick 2D slices resampled to 1 mm, as clinical T2/FLAIR series arrive.
 """
@@ -32,7 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from segmamba.checkpoint import load_checkpoint
 from segmamba.data import (
+    BRATS_ORIENTATION,
     CHANNEL_ORDER,
     PatchDataset,
     find_cases,
@@ -131,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics, split)")
     p.add_argument("--split", type=Path, help="use this split.json instead of making one")
     p.add_argument("--patch", type=int, default=128, help="cubic patch / sliding-window size (multiple of 16)")
+    p.add_argument("--orientation", nargs=3, default=list(BRATS_ORIENTATION), metavar="CODE",
+                   help="array axis codes the network is trained in (default S P L, the BraTS reference's); "
+                        "each case is reoriented by its NIfTI affine")
     p.add_argument("--feat-size", type=int, nargs=4, default=[48, 96, 192, 384])
     p.add_argument("--hidden-size", type=int, default=768)
     p.add_argument("--depths", type=int, nargs=4, default=[2, 2, 2, 2])
@@ -156,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--init-from", type=Path, metavar="WEIGHTS",
+                   help="fine-tune: start from these weights (a model folder's model.pt or a state_dict of the "
+                        "same architecture, float16 accepted) instead of a seeded initialisation")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -183,12 +193,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     write_split(split, split_path)
     by_name = {c.name: c for c in cases}
     quiet = args.no_progress
-    train_cases = [load_preprocessed(by_name[n]) for n in tqdm(split["train"], desc="load train", disable=quiet)]
+    train_cases = [load_preprocessed(by_name[n], orientation=args.orientation)
+                   for n in tqdm(split["train"], desc="load train", disable=quiet)]
     val_names = split["val"][: args.val_cases or None]
-    val_cases = [load_preprocessed(by_name[n]) for n in tqdm(val_names, desc="load val", disable=quiet)]
+    val_cases = [load_preprocessed(by_name[n], orientation=args.orientation)
+                 for n in tqdm(val_names, desc="load val", disable=quiet)]
 
     net_args = network_args(args)
-    model = SegMamba(**net_args).to(device)
+    model = SegMamba(**net_args)
+    if args.init_from is not None:
+        load_checkpoint(model, args.init_from)  # strict; float16 weights are cast to the float32 network
+    model = model.to(device)
     if args.freeze_encoder:
         model.vit.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -211,7 +226,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     description = (f"{len(split['train'])} training / {len(split['val'])} validation cases from {args.data.name} "
                    f"(BraTS 2023 layout), {args.patch}^3 patches, {args.epochs} epochs x {args.iters_per_epoch} "
                    f"iterations x batch {args.batch_size}, seed {args.seed}"
-                   + (", Mamba encoder frozen at its seeded initialisation" if args.freeze_encoder else ""))
+                   + (", Mamba encoder frozen at its seeded initialisation" if args.freeze_encoder else "")
+                   + (f", fine-tuned from {args.init_from}" if args.init_from else ""))
     entry: dict[str, Any] = history[-1] if history else {}
     for epoch in range(start_epoch, args.epochs):
         model.train()

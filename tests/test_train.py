@@ -89,6 +89,49 @@ def test_resume_continues_the_same_run(run_dir: Path, tiny_data: Path, tmp_path:
     assert state["iteration"] == 15 and state["epoch"] == 2
 
 
+def test_init_from_fine_tunes_the_given_weights(run_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """--init-from starts from an earlier model's float16 weights: the frozen encoder keeps exactly them."""
+    from segmamba.export import export_model
+    from segmamba.train import main
+
+    folder = export_model(run_dir / "best.pt", tmp_path / "model", name="tiny", version="0.0.1",
+                          description="test", intended_use="test")
+    init = {k: v.float() for k, v in torch.load(folder / "model.pt", map_location="cpu").items()}
+    tuned = tmp_path / "tuned"
+    main(["--data", str(tiny_data), "--out", str(tuned), "--epochs", "1", "--init-from", str(folder / "model.pt"),
+          *ARGS, "--seed", "4"])
+    state = torch.load(tuned / "last.pt", map_location="cpu", weights_only=False)
+    vit = [k for k in init if k.startswith("vit.") and init[k].is_floating_point()]
+    assert vit and all(torch.equal(state["model"][k], init[k]) for k in vit)
+    assert state["config"]["init_from"] == str(folder / "model.pt")
+    assert "fine-tuned from" in state["data_description"]
+
+
+def test_brats_input_convention_in_the_card(run_dir: Path, tmp_path: Path) -> None:
+    """--input-convention brats declares the reference convention with the demo's normalisation and TTA."""
+    from segmamba.export import REFERENCE_CONVENTION, export_model
+
+    folder = export_model(run_dir / "best.pt", tmp_path / "model", name="tiny", version="0.0.1",
+                          description="test", intended_use="test", input_convention="brats")
+    block = json.loads((folder / "metadata.json").read_text())["input_convention"]
+    assert set(block) == set(REFERENCE_CONVENTION)
+    assert block["orientation"] == ["S", "P", "L"] and block["spacing_mm"] == 1.0 and block["reference_role"] == "t1c"
+    assert block["normalize"] == "zscore_nonzero" and block["mirror_axes"] == []
+    for key in ("registration", "brain_extraction", "atlas"):
+        assert block[key] == REFERENCE_CONVENTION[key], key
+    assert block["registration"]["on_failure"] == "refuse" and block["brain_extraction"]["contrast"] == "t1n"
+    with_tta = export_model(run_dir / "best.pt", tmp_path / "tta", name="tiny", version="0.0.1", description="test",
+                            intended_use="test", mirror_tta=True, input_convention="brats")
+    assert json.loads((with_tta / "metadata.json").read_text())["input_convention"]["mirror_axes"] == [0, 1, 2]
+    # A run trained in its files' voxel order (before --orientation existed) cannot claim the convention.
+    old = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    old["config"] = {k: v for k, v in old["config"].items() if k != "orientation"}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="voxel order"):
+        export_model(tmp_path / "old.pt", tmp_path / "refused", name="tiny", version="0.0.1", description="test",
+                     intended_use="test", input_convention="brats")
+
+
 def test_exported_folder_loads_in_the_application(run_dir: Path, tmp_path: Path) -> None:
     from operators.model_card import load_model_card
     from operators.segmenters import build_segmenter
@@ -132,26 +175,42 @@ def test_evaluate_runs_a_model_folder(run_dir: Path, tiny_data: Path, tmp_path: 
     assert [r["case"] for r in rows] == split["val"]
     assert all(0.0 <= r["Dice_WT"] <= 1.0 for r in rows)
     assert (tmp_path / "pred" / f"{split['val'][0]}.nii.gz").is_file()
+    # A card with the BraTS convention is evaluated in its orientation: predictions are on the S,P,L grid.
+    import nibabel as nib
+
+    brats = export_model(run_dir / "best.pt", tmp_path / "brats", name="tiny", version="0.0.1", description="test",
+                         intended_use="test", overlap=0.25, input_convention="brats")
+    evaluate_model(brats, tiny_data, split["val"][:1], save_dir=tmp_path / "pred-brats", progress=False)
+    saved = nib.load(tmp_path / "pred-brats" / f"{split['val'][0]}.nii.gz")
+    truth = nib.load(tiny_data / split["val"][0] / f"{split['val'][0]}-seg.nii.gz")
+    assert nib.aff2axcodes(saved.affine) == ("S", "P", "L") != nib.aff2axcodes(truth.affine)
+    assert saved.shape == tuple(reversed(truth.shape))  # the files are L,P,S: a transpose
     swept = evaluate_model(folder, tiny_data, split["val"], progress=False, sweep_min_tumour_ml=[0.0, 1e9])
     assert [(r["case"], r["min_tumour_ml"]) for r in swept] == [(c, t) for c in split["val"] for t in (0.0, 1e9)]
     # A threshold above any tumour empties every prediction: Dice is 1 on empty truths and 0 elsewhere.
     assert all(r["Dice_WT"] in (0.0, 1.0) for r in swept if r["min_tumour_ml"] == 1e9)
 
 
-def test_shipped_demo_model_segments_a_synthetic_lesion() -> None:
-    """The demo model in models/ finds a held-out synthetic tumour (on a 96^3 crop, for speed)."""
+def test_shipped_demo_model_segments_a_synthetic_lesion(tmp_path: Path) -> None:
+    """The demo model in models/ finds a held-out synthetic tumour in the convention its card declares
+    (a skull-stripped BraTS-layout case read in the card's orientation; on a 96^3 crop, for speed)."""
     from operators.model_card import load_model_card
     from operators.segmenters import build_segmenter
-    from segmamba.data import CHANNEL_ORDER, preprocess
+    from segmamba.data import find_cases, load_case, preprocess
     from segmamba.evaluate import region_metrics
     from segmamba.export import DEMO_INTENDED_USE
-    from segmamba.synthetic import generate_case
+    from segmamba.synthetic import generate_case, write_brats_case
 
     card = load_model_card(Path(__file__).resolve().parents[1] / "models" / "segmamba-demo")
     assert card.intended_use == DEMO_INTENDED_USE
     assert sum(p.stat().st_size for p in card.folder.iterdir()) <= 20 * 1024 * 1024
-    case = generate_case(90001, CaseConfig(tumour_probability=1.0, lesion_radius_mm=(22.0, 26.0)))
-    image, label = preprocess(np.stack([case.images[c] for c in CHANNEL_ORDER]), case.label[None])
+    convention = json.loads((card.folder / "metadata.json").read_text())["input_convention"]
+    assert convention["orientation"] == ["S", "P", "L"] and convention["brain_extraction"]["enabled"]
+    case = generate_case(90001, CaseConfig(tumour_probability=1.0, lesion_radius_mm=(22.0, 26.0),
+                                           skull_strip_probability=1.0))
+    write_brats_case(case, tmp_path)
+    raw = load_case(find_cases(tmp_path)[0], card.channel_order, convention["orientation"])
+    image, label = preprocess(raw["image"], raw["label"])
     assert label is not None
     centre = np.argwhere(label[0] > 0).mean(axis=0).astype(int)
     box = tuple(slice(max(0, c - 48), max(0, c - 48) + 96) for c in centre)
