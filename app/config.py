@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from operators.errors import ConfigurationError
+from operators.precision import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_APP_YAML = REPO_ROOT / "app.yaml"
@@ -59,6 +60,7 @@ class Settings:
     models: Path = REPO_ROOT / "models"
     workdir: Path = Path(".")
     device: str = "auto"
+    precision: str = "auto"
     reference_role: str = "t1c"
     series_rules: Path | None = None
     sw_batch_size: int | None = None
@@ -124,6 +126,8 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         return _number(name, value)
     if name == "reference_role" and value not in ROLES:
         raise ConfigError(f"setting 'reference_role' must be one of {ROLES}, got {value!r}")
+    if name == "precision" and value not in PRECISIONS:
+        raise ConfigError(f"setting 'precision' must be one of {PRECISIONS}, got {value!r}")
     if name == "allowed_calling_aes":
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(item).strip() for item in items if str(item).strip())

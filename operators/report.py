@@ -56,6 +56,7 @@ def build_report(
     created: datetime | None = None,
     selection: Any | None = None,
     coverage: Mapping[str, Any] | None = None,
+    inference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report: per-label and per-region voxel counts and volumes (mL).
 
@@ -66,7 +67,8 @@ def build_report(
     seconds. `created` defaults to now (UTC). `selection` (a SeriesSelection) adds the
     "series_selection" section (see `series_section`). `coverage` (operators.model_input.Coverage.to_dict():
     the part of the head every series covers, the card's minimum, a warning when below it) becomes
-    the report's "coverage" entry, and its warning one of the report's "warnings".
+    the report's "coverage" entry, and its warning one of the report's "warnings". `inference`
+    (Segmenter.describe: device, precision, window count and overlap) becomes the "inference" section.
     """
     if not (isinstance(voxel_volume_ml, numbers.Real) and math.isfinite(voxel_volume_ml) and voxel_volume_ml > 0):
         raise ValueError(f"voxel_volume_ml must be a positive finite number, not {voxel_volume_ml!r}")
@@ -117,6 +119,8 @@ def build_report(
         "timings_s": timing_entries,
         **_coverage_entries(coverage),
     }
+    if inference:
+        report["inference"] = _jsonable(dict(inference))
     if selection is not None:
         report["series_selection"] = series_section(selection)
     return report

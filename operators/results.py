@@ -69,6 +69,7 @@ def write_results(
             input_series=model_input.selection.to_dict(), study_uid=model_input.study_uid, timings=dict(timings or {}),
             selection=model_input.selection,
             coverage=model_input.coverage.to_dict() if model_input.coverage is not None else None,
+            inference=prediction.inference,
         )
         write_report(report, staging / REPORT_NAME)
         write_preview(
