@@ -4,7 +4,9 @@ bfloat16 labels agree with float32 on the golden weights."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,3 +130,24 @@ def test_bfloat16_labels_agree_with_float32_on_the_golden_weights(tmp_path: Path
     assert (reference == fast).mean() >= 0.995
     for region, members in REGIONS.items():
         assert dice(np.isin(fast, members), np.isin(reference, members)) >= 0.99, region
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_under_bfloat16_the_encoder_runs_in_float32_and_the_decoder_in_bfloat16(precision: str) -> None:
+    from operators.precision import autocast
+
+    model = SegMamba(in_chans=4, out_chans=4, feat_size=[8, 16, 32, 64], hidden_size=64, nslices=[4, 2, 1, 1]).eval()
+    dtypes: dict[str, torch.dtype] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            dtypes[name] = (output[0] if isinstance(output, (tuple, list)) else output).dtype
+        return hook
+
+    for name in ("vit", "encoder1", "encoder5", "decoder5", "decoder1", "out"):
+        getattr(model, name).register_forward_hook(record(name))
+    with torch.inference_mode(), autocast(precision, CPU):
+        model(torch.randn(1, 4, 32, 32, 32))
+    low = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert dtypes == {"vit": torch.float32, "encoder1": torch.float32, "encoder5": torch.float32,
+                      "decoder5": low, "decoder1": low, "out": low}
