@@ -21,7 +21,7 @@ def load_model(settings: Settings) -> tuple[ModelCard, Segmenter]:
     log.info("model %s %s from %s (%s)", card.name, card.version, card.folder, card.intended_use or "no stated use")
     segmenter = build_segmenter(
         card, device=settings.device, sw_batch_size=settings.sw_batch_size, mirror_tta=settings.mirror_tta,
-        progress=settings.progress,
+        progress=settings.progress, precision=settings.precision,
     )
     return card, segmenter
 

@@ -24,6 +24,8 @@ def _setting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="settings file (default: $HOLOSCAN_CONFIG_PATH or app.yaml)")
     parser.add_argument("-m", "--models", type=Path, help="model folder, or a folder holding one (HOLOSCAN_MODEL_PATH)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when available)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="network arithmetic (default auto: card, else bfloat16 on a BF16 CPU, float16 on CUDA)")
     parser.add_argument("--reference-role", choices=("t1n", "t1c", "t2w", "t2f"),
                         help="series whose grid the SEG is drawn on (default t1c)")
     parser.add_argument("--series-rules", type=Path, help="series selection rules JSON (MONAI Deploy selector format)")
@@ -177,8 +179,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("input", "output", "workdir", "models", "device", "reference_role", "series_rules", "sw_batch_size",
-            "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "output_sr",
+    keys = ("input", "output", "workdir", "models", "device", "precision", "reference_role", "series_rules",
+            "sw_batch_size", "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "output_sr",
             "output_rtstruct", "output_sc")
     keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
     return {key: getattr(args, key, None) for key in keys}

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from operators.errors import ConfigurationError
+from operators.precision import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_APP_YAML = REPO_ROOT / "app.yaml"
@@ -66,6 +67,7 @@ class Settings:
     models: Path = REPO_ROOT / "models"
     workdir: Path = Path(".")
     device: str = "auto"
+    precision: str = "auto"
     reference_role: str = "t1c"
     series_rules: Path | None = None
     sw_batch_size: int | None = None
@@ -148,6 +150,8 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         raise ConfigError(f"setting {name!r} must be one of {STEP_SWITCHES}, got {value!r}")
     if name in ("registration", "brain_extraction"):
         return str(value).strip().lower()
+    if name == "precision" and value not in PRECISIONS:
+        raise ConfigError(f"setting 'precision' must be one of {PRECISIONS}, got {value!r}")
     if name == "allowed_calling_aes":
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(item).strip() for item in items if str(item).strip())

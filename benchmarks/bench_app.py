@@ -2,16 +2,20 @@
 
 Writes a synthetic study (four 240x240x155 1 mm series plus a localizer), then runs the whole
 operator chain (load, select, volume, infer, write) with SegMamba model folders of the full
-BraTS size and of a small configuration (random weights: speed does not depend on them), and
-prints seconds per stage and each stage's share of the total.
+BraTS size and of a small configuration (random weights: speed does not depend on them), in each
+precision (float32 and the CPU fast path, bfloat16 autocast), each run in its own child process so
+that its peak RSS is its own; prints seconds per stage, each stage's share of the total, the
+speed-up over float32 of the same configuration, the window count and the peak RSS.
 
-    .venv/bin/python benchmarks/bench_app.py [--configs full small] [--threads 2]
+    .venv/bin/python benchmarks/bench_app.py [--configs full small] [--precisions float32 bfloat16] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import resource
 import sys
 import tempfile
 import time
@@ -56,12 +60,26 @@ def model_folder(folder: Path, args: dict) -> Path:
     return folder
 
 
+def measure(models: Path, study: Path, out: Path, precision: str, threads: int, queue: mp.Queue) -> None:
+    """One configuration and precision: model load, then the whole chain on the study (child process)."""
+    torch.set_num_threads(threads)
+    settings = load_settings(environ={}, overrides={"models": models, "progress": False, "device": "cpu",
+                                                    "precision": precision})
+    started = time.perf_counter()
+    card, segmenter = load_model(settings)
+    model_seconds = time.perf_counter() - started
+    files, times = process_study(settings, card, segmenter, study, out)
+    windows = json.loads(files.report.read_text())["inference"]["windows_run"]
+    queue.put((model_seconds, times, windows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "full"])
+    parser.add_argument("--precisions", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    context = mp.get_context("spawn")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -69,19 +87,28 @@ def main() -> None:
         brats_size_study(root / "study")
         print(f"wrote the 240x240x155 study in {time.perf_counter() - started:.1f} s")
         for name in args.configs:
-            settings = load_settings(environ={}, overrides={"models": model_folder(root / name, CONFIGS[name]),
-                                                            "progress": False, "device": "cpu"})
-            model_started = time.perf_counter()
-            card, segmenter = load_model(settings)
-            model_seconds = time.perf_counter() - model_started
-            _, times = process_study(settings, card, segmenter, root / "study", root / f"out-{name}")
-            rows.append((name, model_seconds, times))
-    print(f"\nstage seconds (share of the chain), CPU, {args.threads} threads; model loading is once per process")
-    print(f"{'config':8s} {'model load':>11s} " + " ".join(f"{s:>15s}" for s in STAGES) + f" {'total':>9s}")
-    for name, model_seconds, times in rows:
+            models = model_folder(root / name, CONFIGS[name])
+            for precision in args.precisions:
+                queue = context.Queue()
+                child = context.Process(target=measure, args=(models, root / "study", root / f"out-{name}-{precision}",
+                                                              precision, args.threads, queue))
+                child.start()
+                child.join()
+                if child.exitcode != 0:
+                    raise SystemExit(f"{name} {precision}: the measuring process failed (exit code {child.exitcode})")
+                rows.append((name, precision, *queue.get()))
+    print(f"\nstage seconds (share of the chain), CPU, {args.threads} threads; model loading is once per process; "
+          "speed-up = same config's float32 total / this total")
+    print(f"{'config':6s} {'precision':>9s} {'load model':>10s} " + " ".join(f"{s:>14s}" for s in STAGES)
+          + f" {'total':>7s} {'speed-up':>8s} {'windows':>7s} {'peak RSS MiB':>12s}")
+    float32_total = {name: sum(times[s] for s in STAGES) for name, precision, _, times, _, _ in rows
+                     if precision == "float32"}
+    for name, precision, model_seconds, times, windows, rss in rows:
         total = sum(times[s] for s in STAGES)
-        cells = " ".join(f"{times[s]:8.1f} ({times[s] / total:4.0%})" for s in STAGES)
-        print(f"{name:8s} {model_seconds:11.1f} {cells} {total:9.1f}")
+        cells = " ".join(f"{times[s]:7.1f} ({times[s] / total:4.0%})" for s in STAGES)
+        speedup = f"{float32_total[name] / total:7.2f}x" if name in float32_total else f"{'-':>8s}"
+        print(f"{name:6s} {precision:>9s} {model_seconds:10.1f} {cells} {total:7.1f} {speedup} {windows:7d} "
+              f"{rss:12.0f}")
 
 
 if __name__ == "__main__":

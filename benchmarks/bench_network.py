@@ -1,9 +1,11 @@
 """Full-size SegMamba on one 1x4x128^3 window beside MONAI SwinUNETR-48 and DynUNet, on the CPU.
 
-Each network runs in its own child process (same input, float32, torch threads as given), so each
+Each network runs in each precision (float32, and the fast path: bfloat16 autocast, as
+operators.precision runs it) in its own child process (same input, torch threads as given), so each
 peak RSS is its own; times are the median of the timed repeats after one warm-up.
 
     .venv/bin/python benchmarks/bench_network.py [--size 128] [--repeats 1] [--threads 2]
+        [--precisions float32 bfloat16]
 """
 
 from __future__ import annotations
@@ -42,14 +44,16 @@ def build(name: str) -> torch.nn.Module:
     )
 
 
-def measure(name: str, size: int, repeats: int, threads: int, queue: mp.Queue) -> None:
+def measure(name: str, precision: str, size: int, repeats: int, threads: int, queue: mp.Queue) -> None:
+    from operators.precision import autocast
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(name).eval()
     x = torch.randn(1, 4, size, size, size, generator=torch.Generator().manual_seed(1))
     params = sum(p.numel() for p in model.parameters())
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, torch.device("cpu")):
         for i in range(repeats + 1):
             started = time.perf_counter()
             y = model(x)
@@ -57,7 +61,7 @@ def measure(name: str, size: int, repeats: int, threads: int, queue: mp.Queue) -
                 times.append(time.perf_counter() - started)
     assert y.shape == (1, 4, size, size, size)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((name, statistics.median(times), peak_mib, params))
+    queue.put((name, precision, statistics.median(times), peak_mib, params))
 
 
 def main() -> None:
@@ -65,24 +69,31 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     args = parser.parse_args()
     context = mp.get_context("spawn")
     rows = []
     for name in NETWORKS:
-        queue = context.Queue()
-        child = context.Process(target=measure, args=(name, args.size, args.repeats, args.threads, queue))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit(f"{name}: the measuring process failed (exit code {child.exitcode})")
-        rows.append(queue.get())
-    base_seconds, base_rss = rows[0][1], rows[0][2]
-    print(f"\n1x4x{args.size}^3 window, float32, CPU, {args.threads} threads, median of {args.repeats}")
-    ratio = "vs SegMamba"
-    print(f"{'network':28s} {'params':>10s} {'seconds':>9s} {ratio:>12s} {'peak RSS MiB':>13s} {ratio:>12s}")
-    for name, seconds, rss, params in rows:
-        print(f"{name:28s} {params / 1e6:9.1f}M {seconds:9.2f} {seconds / base_seconds:11.2f}x {rss:13.0f} "
-              f"{rss / base_rss:11.2f}x")
+        for precision in args.precisions:
+            queue = context.Queue()
+            child = context.Process(target=measure,
+                                    args=(name, precision, args.size, args.repeats, args.threads, queue))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise SystemExit(f"{name} {precision}: the measuring process failed (exit code {child.exitcode})")
+            rows.append(queue.get())
+    base_seconds, base_rss = rows[0][2], rows[0][3]
+    own_float32 = {name: seconds for name, precision, seconds, _, _ in rows if precision == "float32"}
+    print(f"\n1x4x{args.size}^3 window, CPU, {args.threads} threads, median of {args.repeats}; "
+          f"ratios vs {rows[0][0]} {rows[0][1]}, speed-up vs the network's own float32")
+    ratio = "vs first"
+    print(f"{'network':28s} {'precision':>9s} {'params':>8s} {'seconds':>8s} {ratio:>9s} {'speed-up':>9s} "
+          f"{'peak RSS MiB':>13s} {ratio:>9s}")
+    for name, precision, seconds, rss, params in rows:
+        speedup = f"{own_float32[name] / seconds:8.2f}x" if name in own_float32 else f"{'-':>9s}"
+        print(f"{name:28s} {precision:>9s} {params / 1e6:7.1f}M {seconds:8.2f} {seconds / base_seconds:8.2f}x "
+              f"{speedup} {rss:13.0f} {rss / base_rss:8.2f}x")
 
 
 if __name__ == "__main__":

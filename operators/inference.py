@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ class Prediction:
 
     labels: np.ndarray  # (i, j, k) uint8, same voxels as model_input.image
     model_input: ModelInput
+    inference: dict[str, Any] = field(default_factory=dict)  # Segmenter.describe: precision, windows, ...
 
 
 class SegmentationOperator(Operator):
@@ -46,7 +47,9 @@ class SegmentationOperator(Operator):
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         model_input: ModelInput = op_input.receive("model_input")
-        log.info("segmenting study %s, input %s", model_input.study_uid, model_input.image.shape)
+        describe = getattr(self.segmenter, "describe", None)
+        inference = describe(model_input.image.shape[1:]) if describe is not None else {}
+        log.info("segmenting study %s, input %s, %s", model_input.study_uid, model_input.image.shape, inference)
         labels = self.segmenter(model_input.image)
         labels[~model_input.valid] = 0  # no label outside the region every series covers
         voxel_ml = voxel_volume_ml(model_input.grid_affine)
@@ -55,4 +58,4 @@ class SegmentationOperator(Operator):
             log.info("removed %d tumour component(s) under %.2f mL", removed, self.postprocessing.min_tumour_ml)
         counts = np.bincount(labels.ravel(), minlength=1)
         log.info("labels found (voxels per label on the model grid): %s", dict(enumerate(counts.tolist())))
-        op_output.emit(Prediction(labels=labels, model_input=model_input), "prediction")
+        op_output.emit(Prediction(labels=labels, model_input=model_input, inference=inference), "prediction")

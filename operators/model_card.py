@@ -9,7 +9,7 @@ Everything model-specific lives in the card, nothing in the operators::
       "preprocessing": {"spacing_mm": 1.0, "crop_foreground": true, "normalize": "zscore_nonzero",
                         "min_head_coverage": 0.9},
       "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
-                    "sw_batch_size": 1, "mirror_tta": false},
+                    "sw_batch_size": 1, "mirror_tta": false, "precision": "auto"},
       "labels": [{"label": 1, "name": ..., "type": {"scheme", "value", "meaning"}, "color": [r, g, b]}, ...],
       "postprocessing": {"min_tumour_ml": 0.0},
       "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
@@ -17,6 +17,8 @@ Everything model-specific lives in the card, nothing in the operators::
 
 ``preprocessing.min_head_coverage`` (0-1, default 0.9): below this fraction of the head covered by
 every series (operators.model_input.Coverage), the log warns and report.json carries the warning.
+``inference.precision`` (auto | float32 | bfloat16 | float16, default auto; operators.precision):
+the arithmetic the network runs in; a card whose model is not accurate enough in reduced precision says float32.
 ``postprocessing.min_tumour_ml`` removes whole-tumour components smaller than this (mL); 0 keeps all.
 
 ``input_convention`` (optional) declares the input convention the network was trained on
@@ -38,6 +40,7 @@ from typing import Any
 
 from operators.errors import ConfigurationError
 from operators.input_convention import ConventionError, InputConvention, legacy_convention, parse_convention
+from operators.precision import PRECISIONS
 
 CARD_NAME = "metadata.json"
 ROLES = ("t1n", "t1c", "t2w", "t2f")
@@ -71,6 +74,7 @@ class InferenceSettings:
     mode: str = "gaussian"
     sw_batch_size: int = 1
     mirror_tta: bool = False
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,8 @@ def load_model_card(path: Path) -> ModelCard:
     inference_fields = dict(card.get("inference", {}))
     if "roi_size" in inference_fields:
         inference_fields["roi_size"] = tuple(inference_fields["roi_size"])
+    if inference_fields.get("precision", "auto") not in PRECISIONS:
+        raise ModelCardError(f"{card_path}: inference.precision must be one of {PRECISIONS}")
     try:
         postprocessing = Postprocessing(**card.get("postprocessing", {}))
     except TypeError as error:

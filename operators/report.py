@@ -57,6 +57,7 @@ def build_report(
     selection: Any | None = None,
     coverage: Mapping[str, Any] | None = None,
     preprocessing: Mapping[str, Any] | None = None,
+    inference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report: per-label and per-region voxel counts and volumes (mL).
 
@@ -70,7 +71,8 @@ def build_report(
     the report's "coverage" entry, and its warning one of the report's "warnings". `preprocessing`
     (operators.input_steps.PreprocessingLog.to_dict(): the input convention used, model grid and its
     orientation, registration per series, brain mask volume and the fraction of the predicted tumour
-    inside it, seconds per step) becomes the "preprocessing" entry.
+    inside it, seconds per step) becomes the "preprocessing" entry. `inference`
+    (Segmenter.describe: device, precision, window count and overlap) becomes the "inference" section.
     """
     if not (isinstance(voxel_volume_ml, numbers.Real) and math.isfinite(voxel_volume_ml) and voxel_volume_ml > 0):
         raise ValueError(f"voxel_volume_ml must be a positive finite number, not {voxel_volume_ml!r}")
@@ -123,6 +125,8 @@ def build_report(
     }
     if preprocessing is not None:
         report["preprocessing"] = _jsonable(dict(preprocessing))
+    if inference:
+        report["inference"] = _jsonable(dict(inference))
     if selection is not None:
         report["series_selection"] = series_section(selection)
     return report

@@ -145,6 +145,7 @@ def stage_results(
             selection=model_input.selection,
             coverage=model_input.coverage.to_dict() if model_input.coverage is not None else None,
             preprocessing=preprocessing_section(prediction),
+            inference=prediction.inference,
         )
         write_preview(
             reference.array, labels, card.label_colours, staging / PREVIEW_NAME, affine=reference.affine,

@@ -1,21 +1,28 @@
 """Segmenters behind one interface: 4-channel model input (C, i, j, k) -> label map (i, j, k).
 
 ``SegMambaSegmenter`` runs the network with MONAI sliding-window inference; the model is built
-and loaded once per process. ``ThresholdSegmenter`` applies intensity rules from its model
-card: deterministic, so the geometry of the whole chain can be tested apart from model quality.
+and loaded once per process, in the precision ``operators.precision`` chooses (bfloat16 autocast on a
+CPU with BF16 instructions, float16 on CUDA, float32 otherwise or when asked). ``ThresholdSegmenter``
+applies intensity rules from its model card: deterministic, so the geometry of the whole chain can be
+tested apart from model quality.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
+from monai.inferers.utils import _get_scan_interval
+from monai.utils import ensure_tuple_rep
 
 from operators.model_card import ModelCard, ModelCardError
+from operators.precision import autocast, resolve_precision
 from segmamba import SegMamba, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,18 @@ class Segmenter(Protocol):
     """Turns a prepared model input into integer labels on the same voxels."""
 
     def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
+    def describe(self, shape: Sequence[int]) -> dict[str, Any]:
+        """How an image of spatial ``shape`` is run: device, precision, windows, overlap (report.json)."""
+        ...
+
+
+def window_count(shape: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Sliding windows MONAI's ``sliding_window_inference`` runs over an image of spatial ``shape``."""
+    size = tuple(max(int(n), int(r)) for n, r in zip(shape, roi_size, strict=True))
+    roi = tuple(int(r) for r in roi_size)
+    overlaps = ensure_tuple_rep(overlap, len(roi))
+    return len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, len(roi), overlaps)))
 
 
 def choose_device(requested: str = "auto") -> torch.device:
@@ -47,6 +66,7 @@ class SegMambaSegmenter:
         sw_batch_size: int | None = None,
         mirror_tta: bool | None = None,
         progress: bool = True,
+        precision: str = "auto",
     ) -> None:
         if card.weights_path is None:
             raise ModelCardError(f"{card.folder}: a segmamba model needs network.weights")
@@ -56,12 +76,26 @@ class SegMambaSegmenter:
         self.sw_batch_size = sw_batch_size or self.settings.sw_batch_size
         self.mirror_tta = self.settings.mirror_tta if mirror_tta is None else mirror_tta
         self.progress = progress
+        self.precision = resolve_precision(self.settings.precision if precision == "auto" else precision, self.device)
         if any(size % 16 for size in self.settings.roi_size):
             raise ModelCardError(f"{card.folder}: inference.roi_size must be multiples of 16")
         self.model = SegMamba(**card.network.get("args", {}))
         layout = load_checkpoint(self.model, card.weights_path)
         self.model.eval().to(self.device)
-        log.info("loaded %s %s on %s (%s)", card.name, card.version, self.device, layout.describe())
+        log.info("loaded %s %s on %s in %s (%s)", card.name, card.version, self.device, self.precision,
+                 layout.describe())
+
+    @property
+    def passes(self) -> int:
+        """Network passes over the whole image: 8 with mirror TTA, else 1."""
+        return 8 if self.mirror_tta else 1
+
+    def describe(self, shape: Sequence[int]) -> dict[str, Any]:
+        windows = window_count(shape, self.settings.roi_size, self.settings.overlap)
+        return {"network": "segmamba", "device": str(self.device), "precision": self.precision,
+                "roi_size": list(self.settings.roi_size), "overlap": self.settings.overlap,
+                "mode": self.settings.mode, "input_shape": [int(n) for n in shape], "windows": windows,
+                "mirror_tta": self.mirror_tta, "windows_run": windows * self.passes}
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         logits = sliding_window_inference(
@@ -73,7 +107,7 @@ class SegMambaSegmenter:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
         flips = [()] if not self.mirror_tta else [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+        with torch.inference_mode(), autocast(self.precision, self.device):
             total = None
             for dims in flips:
                 probs = self._probabilities(x.flip(dims) if dims else x)
@@ -101,6 +135,9 @@ class ThresholdSegmenter:
                 hit &= np.isin(labels, rule["within"])
             labels[hit] = rule["label"]
         return labels
+
+    def describe(self, shape: Sequence[int]) -> dict[str, Any]:
+        return {"network": "threshold", "device": "cpu", "precision": "float32", "windows": 1, "overlap": 0.0}
 
 
 def build_segmenter(card: ModelCard, **options: Any) -> Segmenter:

@@ -21,6 +21,8 @@ import torch
 
 from app.cli import main
 from app.synthetic_study import SeriesSpec, StudyInfo, truth_labels, write_study
+from operators.precision import resolve_precision
+from operators.segmenters import window_count
 from segmamba import SegMamba
 from segmamba.synthetic import Lesion, Phantom
 from tests.seg_geometry import seg_dice
@@ -133,6 +135,11 @@ def test_real_network_end_to_end(
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"]["name"] == "segmamba-random-test"
     assert set(report["timings_s"]) >= {"load", "select", "volume", "infer"}
+    inference = report["inference"]
+    assert inference["precision"] == resolve_precision("auto", torch.device("cpu")) and inference["device"] == "cpu"
+    assert inference["roi_size"] == [64, 64, 64] and inference["overlap"] == 0.25
+    assert inference["windows"] == window_count(inference["input_shape"], (64, 64, 64), 0.25) > 1
+    assert inference["windows_run"] == inference["windows"] and inference["mirror_tta"] is False
 
 
 # --- bad input: one error line naming the study and the reason, non-zero exit, no partial output ---

@@ -47,7 +47,7 @@ def test_reference_checkpoint_export_reproduces_golden_logits(golden_weights, tm
     assert stored.keys() == golden_weights.keys()
     assert all(torch.equal(stored[k], v) for k, v in golden_weights.items())  # weights as they are
 
-    segmenter = build_segmenter(card, device="cpu", progress=False, mirror_tta=False)
+    segmenter = build_segmenter(card, device="cpu", progress=False, mirror_tta=False, precision="float32")
     captured: list[torch.Tensor] = []
     segmenter.model.register_forward_hook(lambda module, args, output: captured.append(output.detach().clone()))
     x = seeded().seeded_input((1, 4, 128, 128, 128), 20261126)
