@@ -27,43 +27,18 @@ from operators.segmenters import Segmenter
 from operators.series_selection.operator import DicomSeriesSelector
 from operators.sr_writer import MeasurementReportOperator
 from operators.study_loader import StrictDicomLoader
-from operators.timing import TimedCompute
+from operators.timing import timed
 
-
-class _TimedLoader(TimedCompute, StrictDicomLoader):
-    stage = "load"
-
-
-class _TimedSelector(TimedCompute, DicomSeriesSelector):
-    stage = "select"
-
-
-class _TimedModelInput(TimedCompute, ModelInputOperator):
-    stage = "volume"
-
-
-class _TimedSegmentation(TimedCompute, SegmentationOperator):
-    stage = "infer"
-
-
-class _TimedWriter(TimedCompute, ResultWriterOperator):
-    stage = "write"
-
-
-class _TimedReport(TimedCompute, MeasurementReportOperator):
-    stage = "write"
-
-
-class _TimedStructureSet(TimedCompute, StructureSetOperator):
-    stage = "write"
-
-
-class _TimedOverlay(TimedCompute, OverlayOperator):
-    stage = "write"
-
-
-class _TimedPublish(TimedCompute, PublishOperator):
-    stage = "write"
+# Each stage's operator with its compute()'s wall time recorded (the output writers all count as "write").
+_TimedLoader = timed(StrictDicomLoader, "load")
+_TimedSelector = timed(DicomSeriesSelector, "select")
+_TimedModelInput = timed(ModelInputOperator, "volume")
+_TimedSegmentation = timed(SegmentationOperator, "infer")
+_TimedWriter = timed(ResultWriterOperator, "write")
+_TimedReport = timed(MeasurementReportOperator, "write")
+_TimedStructureSet = timed(StructureSetOperator, "write")
+_TimedOverlay = timed(OverlayOperator, "write")
+_TimedPublish = timed(PublishOperator, "write")
 
 
 class SegmentationApp(Application):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,14 @@ from operators.results import labels_on_reference, preprocessing_section
 from operators.series_selection import SeriesSelection
 from segmamba.synthetic import Lesion, Phantom
 from segmamba.synthetic.phantom import grid_points
+from tests.model_cards import threshold_model_with_convention
 
-THRESHOLD_MODEL = Path(__file__).parent / "models" / "threshold"
 PHANTOM = Phantom(center=(2.0, -8.0, 15.0), lesion=Lesion(center=(-26.0, 2.0, 36.0), radius=22.0, seed=1))
 LESION = PHANTOM.lesion.center
 ORIENTATIONS = {"axial": ("axial", (0.0, 0.0, 0.0)), "sagittal": ("sagittal", (0.0, 0.0, 0.0)),
                 "coronal": ("coronal", (0.0, 0.0, 0.0)), "oblique": ("axial", (12.0, -9.0, 6.0))}
 
 
-def card_folder(tmp_path: Path, convention: dict[str, Any], name: str = "model") -> Path:
-    folder = tmp_path / name
-    shutil.copytree(THRESHOLD_MODEL, folder)
-    card = json.loads((folder / "metadata.json").read_text())
-    card["input_convention"] = convention
-    (folder / "metadata.json").write_text(json.dumps(card))
-    return folder
 
 
 def model_input_of(study_dir: Path, specs: list[SeriesSpec], card: Any, anatomy: Any = PHANTOM,
@@ -56,7 +48,8 @@ def model_input_of(study_dir: Path, specs: list[SeriesSpec], card: Any, anatomy:
 @pytest.mark.parametrize("orientation", list(ORIENTATIONS))
 def test_labels_go_back_onto_the_native_t1c_grid_in_every_orientation(tmp_path: Path, orientation: str) -> None:
     plane, tilt = ORIENTATIONS[orientation]
-    card = load_model_card(card_folder(tmp_path, {"orientation": ["S", "P", "L"], "spacing_mm": 1.0}))
+    convention = {"orientation": ["S", "P", "L"], "spacing_mm": 1.0}
+    card = load_model_card(threshold_model_with_convention(tmp_path, convention))
     t1c = SeriesSpec("t1c", "T1C", plane, tilt_deg=tilt, rows=60, columns=56, slices=52, pixel_spacing=(1.0, 1.0),
                      slice_thickness=1.0, center=LESION)
     others = [SeriesSpec(role, role.upper(), "axial", rows=24, columns=24, slices=20, pixel_spacing=(4.0, 4.0),
@@ -96,7 +89,7 @@ def registration_protocol(motion: tuple[float, ...] = MOTION) -> list[SeriesSpec
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     tmp_path = tmp_path_factory.mktemp("registered")
-    card = load_model_card(card_folder(tmp_path, REGISTERED))
+    card = load_model_card(threshold_model_with_convention(tmp_path, REGISTERED))
     return model_input_of(tmp_path / "study", registration_protocol(), card)
 
 
@@ -129,7 +122,7 @@ def test_registered_flair_lands_on_the_t1c_anatomy(registered) -> None:
 def test_motion_beyond_the_cards_limit_is_refused_or_warned(tmp_path: Path, caplog, on_failure: str) -> None:
     strict = {**REGISTERED, "registration": {**REGISTERED["registration"], "max_translation_mm": 2.0,
                                              "on_failure": on_failure}}
-    card = load_model_card(card_folder(tmp_path, strict))
+    card = load_model_card(threshold_model_with_convention(tmp_path, strict))
     protocol = [spec for spec in registration_protocol() if spec.contrast != "t2w"]
     protocol.append(SeriesSpec("t2w", "T2", "axial", rows=80, columns=80, slices=72, pixel_spacing=(2.5, 2.5),
                                slice_thickness=2.5))
@@ -163,7 +156,7 @@ def test_brain_extraction_keeps_an_edge_lesion_and_masks_every_channel(tmp_path:
     head = edge_lesion_head(11)
     convention = {"orientation": ["S", "P", "L"], "spacing_mm": 1.0, "normalize": "zscore_nonzero",
                   "brain_extraction": {"enabled": True, "contrast": "t1n", "normalize_within_mask": True}}
-    card = load_model_card(card_folder(tmp_path, convention))
+    card = load_model_card(threshold_model_with_convention(tmp_path, convention))
     box = head.bounds()
     centre = tuple(float(v) for v in box.mean(axis=0))
     columns, rows, slices = (int(n) for n in np.ceil((box[1] - box[0] + 8.0) / 1.1))  # x, y, z: the whole head
@@ -204,7 +197,7 @@ def test_atlas_places_the_model_grid_on_the_head(tmp_path: Path) -> None:
                                mass_effect=0.0)
     convention = {"orientation": ["S", "P", "L"], "spacing_mm": 1.0, "normalize": "none", "atlas": {"enabled": True},
                   "brain_extraction": {"contrast": "t1n"}}
-    card = load_model_card(card_folder(tmp_path, convention))
+    card = load_model_card(threshold_model_with_convention(tmp_path, convention))
     box = head.bounds()
     centre = tuple(float(v) for v in box.mean(axis=0))
     columns, rows, slices = (int(n) for n in np.ceil((box[1] - box[0] + 8.0) / 2.0))
@@ -242,7 +235,7 @@ def test_application_applies_the_convention_and_the_ablation_switch(
     study = write_study(tmp_path / "in", phantom, protocol(REFERENCE_SPECS["sagittal"]), seed=3)
     convention = {"orientation": ["S", "P", "L"], "spacing_mm": 2.0, "normalize": "none",
                   "registration": {"enabled": True, "onto": "t1c"}}
-    model = card_folder(tmp_path, convention)
+    model = threshold_model_with_convention(tmp_path, convention)
     code = main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model), "--no-progress",
                  "--registration", registration])
     assert code == 0, capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +11,7 @@ from app.config import ConfigError, load_settings
 from operators.input_convention import InputConvention, parse_convention, with_overrides
 from operators.model_card import ModelCardError, load_model_card
 from segmamba.export import REFERENCE_CONVENTION
-
-THRESHOLD_MODEL = Path(__file__).parent / "models" / "threshold"
-
-
-def card_with(tmp_path: Path, convention: Any, name: str = "model") -> Path:
-    folder = tmp_path / name
-    shutil.copytree(THRESHOLD_MODEL, folder)
-    card = json.loads((folder / "metadata.json").read_text())
-    card["input_convention"] = convention
-    (folder / "metadata.json").write_text(json.dumps(card))
-    return folder
+from tests.model_cards import THRESHOLD_MODEL, threshold_model_with_convention
 
 
 def test_card_without_the_block_keeps_todays_convention() -> None:
@@ -38,7 +26,7 @@ def test_card_without_the_block_keeps_todays_convention() -> None:
 
 
 def test_reference_recipe_convention_is_read_as_written(tmp_path: Path) -> None:
-    convention = load_model_card(card_with(tmp_path, REFERENCE_CONVENTION)).convention
+    convention = load_model_card(threshold_model_with_convention(tmp_path, REFERENCE_CONVENTION)).convention
     assert convention.declared
     assert convention.orientation == ("S", "P", "L") and convention.spacing_mm == 1.0
     assert convention.normalize == "zscore_crop" and convention.mirror_axes == (0, 1, 2)
@@ -53,7 +41,7 @@ def test_reference_recipe_convention_is_read_as_written(tmp_path: Path) -> None:
 @pytest.mark.parametrize("step", ["registration", "brain_extraction", "atlas"])
 @pytest.mark.parametrize("enabled", [True, False])
 def test_each_step_on_and_off(tmp_path: Path, step: str, enabled: bool) -> None:
-    convention = load_model_card(card_with(tmp_path, {step: {"enabled": enabled}})).convention
+    convention = load_model_card(threshold_model_with_convention(tmp_path, {step: {"enabled": enabled}})).convention
     states = {"registration": convention.registration.enabled,
               "brain_extraction": convention.brain_extraction.enabled, "atlas": convention.atlas.enabled}
     assert states == {name: (enabled and name == step) for name in states}
@@ -85,7 +73,7 @@ def test_each_step_on_and_off(tmp_path: Path, step: str, enabled: bool) -> None:
 ])
 def test_bad_values_are_refused_naming_the_key(tmp_path: Path, block: Any, key: str) -> None:
     with pytest.raises(ModelCardError, match=key.replace(".", r"\.")) as error:
-        load_model_card(card_with(tmp_path, block))
+        load_model_card(threshold_model_with_convention(tmp_path, block))
     assert "metadata.json" in str(error.value)
 
 
