@@ -39,6 +39,9 @@ def _setting_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar during inference (default on)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="text, or JSON lines with study_uid and job_id for log collectors (default text)")
+    parser.add_argument("--logs", help="folder for log files beside stderr (default: $HOLOSCAN_LOGS_PATH, else none)")
     for option, text in (("--output-sr", "TID 1500 SR of the volumes, measurement-report.dcm (default on)"),
                          ("--output-rtstruct", "RT Structure Set of the contours, rtstruct.dcm (default off)"),
                          ("--output-sc", "Secondary Capture overlay series, overlay/*.dcm (default off)")):
@@ -180,8 +183,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "workdir", "models", "device", "precision", "reference_role", "series_rules",
-            "sw_batch_size", "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "output_sr",
-            "output_rtstruct", "output_sc")
+            "sw_batch_size", "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "log_format",
+            "logs", "output_sr", "output_rtstruct", "output_sc")
     keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
     return {key: getattr(args, key, None) for key in keys}
 
