@@ -112,9 +112,11 @@ def test_load_from_concurrent_senders(peers: Any, base: Any, tmp_path: Path) -> 
     counts = segs_by_study(orthanc)
     assert [counts[uid] for uid in studies] == [1] * LOAD_STUDIES, "0 lost, 0 duplicated"
     # Orthanc stores a SEG a moment before the node journals the acknowledgement: wait for both.
-    wait_for(lambda: node.journal_rows("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")[0][0] == len(counts),
-             30, "every acknowledgement journalled")
-    assert node.journal_rows("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")[0][0] == len(counts)
+    # Each study's results are its SEG and the SR of its volumes: one sent outbox row each.
+    sent = "SELECT kind, COUNT(*) FROM outbox WHERE state = 'sent' GROUP BY kind ORDER BY kind"
+    expected = [("seg", len(counts)), ("sr", len(counts))]
+    wait_for(lambda: node.journal_rows(sent) == expected, 30, "every acknowledgement journalled")
+    assert node.journal_rows("SELECT COUNT(*) FROM outbox")[0][0] == 2 * len(counts), "nothing sent twice"
 
 
 def _bad_studies(base: Any, root: Path) -> dict[str, Path]:
