@@ -158,6 +158,41 @@ def test_completion_uses_the_series_selector(small_study: Path, tmp_path: Path) 
     assert trigger == "quiet"
 
 
+def test_silence_while_the_node_was_down_is_not_quiet(small_study: Path, tmp_path: Path) -> None:
+    """A study whose sender was cut off by a node restart is not closed at once on restart: the quiet
+    period starts again when the node listens, so the modality's resend of the rest comes in time."""
+    clock = Clock()
+    spool, journal = Spool(tmp_path / "spool"), Journal(tmp_path / "j.sqlite3", clock=clock)
+    intake = Intake(spool, journal)
+    for path in sorted(small_study.iterdir()):
+        assert intake.accept(path.read_bytes(), "MOD").ok
+    clock.now += 30  # the node was down for 30 s after the last instance
+    checker = CompletionChecker(journal, CompletionPolicy(quiet=2, stable=10, forced=100), clock=clock)
+    assert checker.check() == [], "not quiet: the node has listened for 0 s"
+    clock.now += 3
+    [(_study, _job, trigger)] = checker.check()
+    assert trigger == "quiet"
+
+
+def test_a_resend_keeps_a_receiving_study_open(small_study: Path, tmp_path: Path) -> None:
+    """Instances sent again (a modality resuming from the start of the study) count as activity."""
+    clock = Clock()
+    spool, journal = Spool(tmp_path / "spool"), Journal(tmp_path / "j.sqlite3", clock=clock)
+    intake = Intake(spool, journal)
+    files = sorted(small_study.iterdir())
+    for path in files:
+        assert intake.accept(path.read_bytes(), "MOD").ok
+    checker = CompletionChecker(journal, CompletionPolicy(quiet=2, stable=10, forced=100), clock=clock)
+    clock.now += 1.5
+    study = intake.accept(files[0].read_bytes(), "MOD").study_uid
+    assert journal.touch_receiving(study)
+    clock.now += 1.5
+    assert checker.check() == [], "the resend 1.5 s ago keeps the study open"
+    clock.now += 1
+    assert [trigger for *_, trigger in checker.check()] == ["quiet"]
+    assert not journal.touch_receiving(study), "a queued study is no longer receiving"
+
+
 def test_failure_policies() -> None:
     assert classify(SeriesSelectionError("study 1: t2f missing")) == PERMANENT
     assert classify(StudyError("1.2", "truncated")) == PERMANENT

@@ -11,6 +11,10 @@ A receiving study is ready when
   study whose selected series still has a gap then fails with that reason (no result from half a
   series); more instances, a resend or ``python -m app requeue`` reopen it.
 
+Silence counts only while the node listens: after a restart the quiet and stable periods start
+again from the restart (``listening_since``), since a modality could not send while the node was
+down and resends the rest once it is back; ``forced`` still counts from the first instance.
+
 Isolation: whatever goes wrong while reading or judging one study (unreadable headers, malformed
 geometry, a bug) fails that study with its reason and the loop goes on to the next; ``check``
 never raises because of a study. A journal that cannot be written (full disk) fails no study:
@@ -140,12 +144,13 @@ class CompletionChecker:
 
     def __init__(
         self, journal: Journal, policy: CompletionPolicy, rules: Path | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, listening_since: float | None = None,
     ) -> None:
         self.journal = journal
         self.policy = policy
         self.rules = rules
         self.clock = clock
+        self.listening_since = clock() if listening_since is None else listening_since
         self._judged: dict[str, tuple[int, Judgement]] = {}  # study -> (instances seen, judgement)
 
     def check(self) -> list[tuple[str, int, str]]:
@@ -174,11 +179,11 @@ class CompletionChecker:
     def _check_study(self, study: Any) -> tuple[str, int, str] | None:
         uid = str(study["study_uid"])
         now = self.clock()
-        if now - study["last_at"] < self.policy.quiet and now - study["first_at"] < self.policy.forced:
+        last_at = max(float(study["last_at"]), self.listening_since)  # no silence counted while the node was down
+        if now - last_at < self.policy.quiet and now - study["first_at"] < self.policy.forced:
             return None  # still arriving: do not read headers yet
         judgement = self.judge(uid, int(study["instances"]))
-        trigger = readiness(study["first_at"], study["last_at"], now, judgement.has_required, self.policy,
-                            judgement.gap)
+        trigger = readiness(study["first_at"], last_at, now, judgement.has_required, self.policy, judgement.gap)
         if trigger is None:
             return None
         self._judged.pop(uid, None)

@@ -89,6 +89,7 @@ class _CountingIntake(Intake):
         self._count(result)
         if result.duplicate and result.study_uid:
             try:
+                self.journal.touch_receiving(result.study_uid)
                 self.journal.reopen_failed(result.study_uid, calling_ae,
                                            "the study was sent again after its job failed; processing it again")
             except Exception:  # the instance is safely stored; a reopen can be done by `requeue`
@@ -177,6 +178,7 @@ class Node:
             log.warning("%d job(s) interrupted by a previous stop are ready again", recovered)
         self.web.start()
         self.scp.start()
+        self.completion.listening_since = time.time()  # silence before this (the node was down) is not quiet
         if self.inbox is not None:
             self.inbox.start()
         for name, target in (("worker", self._work), ("sender", self._send), ("clock", self._tick)):

@@ -217,6 +217,13 @@ class Journal:
                    (1 if supersede else 0, job_id))
         self._audit(db, "study-reopened", study_uid, job_id, actor, detail)
 
+    def touch_receiving(self, study_uid: str) -> bool:
+        """A known instance was sent again: a study still being received is not quiet yet (a modality
+        resending after an interruption goes through what it sent before reaching what is missing)."""
+        with self.transaction() as db:
+            return db.execute("UPDATE studies SET last_at = ? WHERE study_uid = ? AND state = 'receiving'",
+                              (self.clock(), study_uid)).rowcount > 0
+
     def reopen_failed(self, study_uid: str, actor: str, detail: str) -> bool:
         """Reopen the study of a failed job (e.g. a modality resending it); False when its job has not failed."""
         if not self.query("SELECT 1 FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)):
