@@ -89,6 +89,7 @@ def registration_entry(result: RigidRegistration) -> dict[str, Any]:
         "mattes_mi_after": round(result.metric_after, 5) if np.isfinite(result.metric_after) else None,
         "matrix": [[round(float(v), 6) for v in row] for row in result.matrix],  # reference point -> series point
         "iterations": result.iterations,
+        "sampled_on": result.sampled_on,
         "accepted": result.success,
         "problems": list(result.problems),
         "seconds": round(result.seconds, 2),

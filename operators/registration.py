@@ -9,6 +9,15 @@ recipe reads its data with, exposes the metric value before and after, and runs 
 with a fixed sampling seed; ANTsPy (what the BraTS toolkits use) is a much larger install for the
 same rigid MI registration.
 
+Direction: ITK samples the metric on the fixed image and interpolates the moving one. Interpolating
+a thick-slice 2D series (T2, FLAIR: 4-6 mm) between its slices biases mutual information towards
+grid-aligned positions, so the coarser of the two series (larger voxel volume) is sampled and the
+finer one interpolated; when that is the series rather than the reference, the transform is
+inverted afterwards (``sampled_on``); a run that ends below the start's similarity is done again
+sampled on the other series before the registration is refused. On the evaluation's sagittal
+studies this took a 2D T2 from a refusal (1.3 mm off, MI worse than the start) to 0.03 mm / 0.06
+degrees of the applied motion.
+
 Geometry: ``matrix`` maps a point of the reference (fixed) series to the point of the moving
 series that shows the same anatomy, in LPS mm (``x_moving = matrix @ x_fixed``). The registered
 series is the moving volume with a corrected affine (`RigidRegistration.corrected`), so the
@@ -58,6 +67,7 @@ class RigidRegistration:
     cpu_seconds: float  # CPU time of this process (all threads): comparable on a shared machine
     success: bool = False
     problems: tuple[str, ...] = field(default_factory=tuple)
+    sampled_on: str = "reference"  # which series ITK sampled the metric on: "reference" or "series"
 
     @property
     def translation_norm_mm(self) -> float:
@@ -90,7 +100,7 @@ class RigidRegistration:
         state = "ok" if self.success else "NOT ACCEPTED: " + "; ".join(self.problems)
         return (f"translation ({t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f}) mm, rotation ({r[0]:.2f}, {r[1]:.2f}, {r[2]:.2f}) "
                 f"deg, Mattes MI {self.metric_before:.4f} -> {self.metric_after:.4f}, {self.iterations} iterations, "
-                f"{self.seconds:.1f} s ({self.cpu_seconds:.1f} s CPU), {state}")
+                f"sampled on the {self.sampled_on}, {self.seconds:.1f} s ({self.cpu_seconds:.1f} s CPU), {state}")
 
 
 def to_sitk(volume: ImageVolume) -> sitk.Image:
@@ -132,22 +142,21 @@ def _near_start(euler: sitk.Euler3DTransform, fixed: ImageVolume) -> bool:
     return bool(moved <= NEAR_START_MM and angle <= NEAR_START_DEG)
 
 
-def register_rigid(
-    fixed: ImageVolume,
-    moving: ImageVolume,
-    limits: RegistrationLimits = RegistrationLimits(),
-    *,
-    sampling_fraction: float = 0.1,
-    max_samples: int = 100_000,
-    seed: int = 20261201,
-    iterations: int = 200,
-) -> RigidRegistration:
-    """Register `moving` onto `fixed` (the reference series); never raises for images that do not match.
+def _failed(error: RuntimeError, fixed: ImageVolume, started: float, cpu_started: float) -> RigidRegistration:
+    reason = str(error).strip().splitlines()[-1]
+    log.warning("rigid registration failed: %s", reason)
+    return RigidRegistration(
+        matrix=np.eye(4), center_mm=tuple(_centre(fixed)), translation_mm=(0.0, 0.0, 0.0),  # type: ignore[arg-type]
+        rotation_deg=(0.0, 0.0, 0.0), metric_before=float("nan"), metric_after=float("nan"), iterations=0,
+        stop_condition=reason, seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+        problems=(f"registration could not run: {reason}",),
+    )
 
-    A registration that ITK cannot run (no overlap, empty image) comes back with ``success`` False
-    and the reason in ``problems``, as does one outside `limits` or one that lowers the similarity.
-    """
-    started, cpu_started = time.perf_counter(), time.process_time()
+
+def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float, max_samples: int, seed: int,
+              iterations: int) -> tuple[sitk.Euler3DTransform, float, float, int, str]:
+    """ITK's registration of `moving` onto `fixed`: (transform, MI before, MI after, iterations, stop).
+    Raises RuntimeError when ITK cannot run it (no overlap, empty image)."""
     fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
     initial = sitk.Euler3DTransform()
     initial.SetCenter([float(v) for v in _centre(fixed)])
@@ -167,38 +176,80 @@ def register_rigid(
     method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
+    before = float(method.MetricEvaluate(fixed_image, moving_image))
+    found = method.Execute(fixed_image, moving_image)
+    if isinstance(found, sitk.CompositeTransform) or found.GetName() == "CompositeTransform":
+        found = sitk.CompositeTransform(found).GetNthTransform(0)
+    euler = sitk.Euler3DTransform(found)
+    method.SetInitialTransform(euler, inPlace=False)
+    after = float(method.MetricEvaluate(fixed_image, moving_image))
+    stop, count = method.GetOptimizerStopConditionDescription(), int(method.GetOptimizerIteration())
+    if after > before and _near_start(euler, fixed):
+        # Series on one voxel grid (a 3D T1 and T1c of one geometry) peak at the start: linear
+        # interpolation blurs every sub-voxel shift. A result this close to the start that lowers the
+        # similarity is that artefact, not a failure: the start is kept.
+        euler, after = sitk.Euler3DTransform(initial), before
+        stop += "; kept the start (higher similarity there, found transform within "
+        stop += f"{NEAR_START_MM:g} mm / {NEAR_START_DEG:g} deg of it)"
+    return euler, before, after, count, stop
+
+
+def _euler_about(matrix: np.ndarray, centre: np.ndarray) -> sitk.Euler3DTransform:
+    """The Euler3D transform (rotation about `centre`, then translation) equal to a 4x4 matrix."""
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter([float(v) for v in centre])
+    euler.SetMatrix([float(v) for v in matrix[:3, :3].ravel()], 1e-6)
+    euler.SetTranslation([float(v) for v in matrix[:3, 3] + matrix[:3, :3] @ centre - centre])
+    return euler
+
+
+def _voxel_volume(volume: ImageVolume) -> float:
+    return float(np.prod(volume.spacing))
+
+
+def register_rigid(
+    fixed: ImageVolume,
+    moving: ImageVolume,
+    limits: RegistrationLimits = RegistrationLimits(),
+    *,
+    sampling_fraction: float = 0.1,
+    max_samples: int = 100_000,
+    seed: int = 20261201,
+    iterations: int = 200,
+) -> RigidRegistration:
+    """Register `moving` onto `fixed` (the reference series); never raises for images that do not match.
+
+    The metric is sampled on the coarser series (see the module's docstring); the result always maps
+    the reference (`fixed`) onto `moving`. A registration that ITK cannot run (no overlap, empty image)
+    comes back with ``success`` False and the reason in ``problems``, as does one outside `limits` or
+    one that lowers the similarity.
+    """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    swap = _voxel_volume(moving) > _voxel_volume(fixed) * 1.05
     try:
-        before = float(method.MetricEvaluate(fixed_image, moving_image))
-        found = method.Execute(fixed_image, moving_image)
-        if isinstance(found, sitk.CompositeTransform) or found.GetName() == "CompositeTransform":
-            found = sitk.CompositeTransform(found).GetNthTransform(0)
-        euler = sitk.Euler3DTransform(found)
-        method.SetInitialTransform(euler, inPlace=False)
-        after = float(method.MetricEvaluate(fixed_image, moving_image))
-        stop, count = method.GetOptimizerStopConditionDescription(), int(method.GetOptimizerIteration())
-        if after > before and _near_start(euler, fixed):
-            # Series on one voxel grid (a 3D T1 and T1c of one geometry) peak at the start: linear
-            # interpolation blurs every sub-voxel shift. A result this close to the start that lowers the
-            # similarity is that artefact, not a failure: the start is kept.
-            euler, after = sitk.Euler3DTransform(initial), before
-            stop += "; kept the start (higher similarity there, found transform within "
-            stop += f"{NEAR_START_MM:g} mm / {NEAR_START_DEG:g} deg of it)"
+        euler, before, after, count, stop = _optimise(*((moving, fixed) if swap else (fixed, moving)),
+                                                      sampling_fraction, max_samples, seed, iterations)
+        if after > before:  # no better than the start: sample on the other series before giving up
+            other = _optimise(*((fixed, moving) if swap else (moving, fixed)), sampling_fraction, max_samples, seed,
+                              iterations)
+            if other[2] <= other[1]:
+                swap = not swap
+                euler, before, after, count = other[:4]
+                stop = f"{other[4]}; sampled on the other series (the first run lowered the similarity)"
     except RuntimeError as error:
-        log.warning("rigid registration failed: %s", str(error).strip().splitlines()[-1])
-        return RigidRegistration(
-            matrix=np.eye(4), center_mm=tuple(_centre(fixed)), translation_mm=(0.0, 0.0, 0.0),
-            rotation_deg=(0.0, 0.0, 0.0), metric_before=float("nan"), metric_after=float("nan"), iterations=0,
-            stop_condition=str(error).strip().splitlines()[-1], seconds=time.perf_counter() - started,
-            cpu_seconds=time.process_time() - cpu_started,
-            problems=(f"registration could not run: {str(error).strip().splitlines()[-1]}",),
-        )
+        return _failed(error, fixed, started, cpu_started)
+    matrix = _matrix(euler)
+    if swap:  # found: series point -> reference point; wanted: reference point -> series point
+        matrix = np.linalg.inv(matrix)
+        euler = _euler_about(matrix, _centre(fixed))
     result = RigidRegistration(
-        matrix=_matrix(euler),
+        matrix=matrix,
         center_mm=tuple(float(v) for v in euler.GetCenter()),  # type: ignore[arg-type]
         translation_mm=tuple(float(v) for v in euler.GetTranslation()),  # type: ignore[arg-type]
         rotation_deg=tuple(float(np.degrees(a)) for a in (euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ())),  # type: ignore[arg-type]
         metric_before=before, metric_after=after, iterations=count, stop_condition=stop,
         seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+        sampled_on="series" if swap else "reference",
     )
     problems = result.check(limits)
     return replace(result, success=not problems, problems=problems)
