@@ -144,13 +144,13 @@ class CompletionChecker:
 
     def __init__(
         self, journal: Journal, policy: CompletionPolicy, rules: Path | None = None,
-        clock: Callable[[], float] = time.time, listening_since: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.journal = journal
         self.policy = policy
         self.rules = rules
         self.clock = clock
-        self.listening_since = clock() if listening_since is None else listening_since
+        self.listening_since = clock()  # the node sets it again when its SCP starts listening
         self._judged: dict[str, tuple[int, Judgement]] = {}  # study -> (instances seen, judgement)
 
     def check(self) -> list[tuple[str, int, str]]:
