@@ -86,16 +86,28 @@ class SegMambaSegmenter:
                  layout.describe())
 
     @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """Spatial axes mirrored by TTA (the card's ``input_convention.mirror_axes``); none without TTA."""
+        return self.card.convention.mirror_axes if self.mirror_tta else ()
+
+    @property
+    def flips(self) -> list[tuple[int, ...]]:
+        """Tensor dims flipped in each pass: every subset of the mirrored axes, the unflipped first."""
+        dims = tuple(axis + 2 for axis in self.mirror_axes)
+        return [subset for n in range(len(dims) + 1) for subset in itertools.combinations(dims, n)]
+
+    @property
     def passes(self) -> int:
-        """Network passes over the whole image: 8 with mirror TTA, else 1."""
-        return 8 if self.mirror_tta else 1
+        """Network passes over the whole image: 2**len(mirror_axes) with mirror TTA, else 1."""
+        return len(self.flips)
 
     def describe(self, shape: Sequence[int]) -> dict[str, Any]:
         windows = window_count(shape, self.settings.roi_size, self.settings.overlap)
         return {"network": "segmamba", "device": str(self.device), "precision": self.precision,
                 "roi_size": list(self.settings.roi_size), "overlap": self.settings.overlap,
                 "mode": self.settings.mode, "input_shape": [int(n) for n in shape], "windows": windows,
-                "mirror_tta": self.mirror_tta, "windows_run": windows * self.passes}
+                "mirror_tta": self.mirror_tta, "mirror_axes": list(self.mirror_axes),
+                "windows_run": windows * self.passes}
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         logits = sliding_window_inference(
@@ -106,10 +118,9 @@ class SegMambaSegmenter:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
-        flips = [()] if not self.mirror_tta else [c for n in range(4) for c in itertools.combinations((2, 3, 4), n)]
         with torch.inference_mode(), autocast(self.precision, self.device):
             total = None
-            for dims in flips:
+            for dims in self.flips:
                 probs = self._probabilities(x.flip(dims) if dims else x)
                 probs = probs.flip(dims) if dims else probs
                 total = probs if total is None else total + probs

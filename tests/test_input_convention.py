@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from app.config import ConfigError, load_settings
 from operators.input_convention import InputConvention, parse_convention, with_overrides
 from operators.model_card import ModelCardError, load_model_card
+from operators.segmenters import SegMambaSegmenter
+from segmamba import SegMamba
 from segmamba.export import REFERENCE_CONVENTION
 from tests.model_cards import THRESHOLD_MODEL, threshold_model_with_convention
 
@@ -98,3 +103,27 @@ def test_settings_registration_and_brain_extraction(tmp_path: Path) -> None:
     assert load_settings(yaml_file, environ={}).brain_extraction == "off"
     with pytest.raises(ConfigError, match="brain_extraction"):
         load_settings(environ={"SEGMAMBA_BRAIN_EXTRACTION": "sometimes"})
+
+
+@pytest.mark.parametrize(("axes", "expected"), [([0, 1, 2], 8), ([2], 2), ([], 1)])
+def test_mirror_tta_flips_exactly_the_cards_mirror_axes(tmp_path: Path, axes: list[int], expected: int) -> None:
+    args = {"in_chans": 4, "out_chans": 4, "depths": [1, 1, 1, 1], "feat_size": [8, 16, 32, 64], "hidden_size": 64,
+            "nslices": [4, 2, 1, 1]}
+    folder = threshold_model_with_convention(tmp_path, {"mirror_axes": axes})
+    card = json.loads((folder / "metadata.json").read_text())
+    card.update(network={"type": "segmamba", "args": args, "weights": "model.pt"},
+                inference={"roi_size": [32, 32, 32], "mirror_tta": True})
+    (folder / "metadata.json").write_text(json.dumps(card))
+    torch.save(SegMamba(**args).state_dict(), folder / "model.pt")
+    segmenter = SegMambaSegmenter(load_model_card(folder), device="cpu", progress=False, precision="float32")
+    seen: list[torch.Tensor] = []
+    segmenter.model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    image = np.random.default_rng(0).standard_normal((4, 32, 32, 32)).astype(np.float32)
+    segmenter(image)
+
+    x = torch.from_numpy(image)[None]
+    assert segmenter.passes == len(seen) == expected
+    flipped = [dims for dims in segmenter.flips if dims]
+    assert all(torch.equal(window, x.flip(dims)) for window, dims in zip(seen[1:], flipped, strict=True))
+    assert {d for dims in flipped for d in dims} == {axis + 2 for axis in axes}
+    assert segmenter.describe(image.shape[1:])["mirror_axes"] == axes
