@@ -7,7 +7,14 @@ precision (float32 and the CPU fast path, bfloat16 autocast), each run in its ow
 that its peak RSS is its own; prints seconds per stage, each stage's share of the total, the
 speed-up over float32 of the same configuration, the window count and the peak RSS.
 
-    .venv/bin/python benchmarks/bench_app.py [--configs full small] [--precisions float32 bfloat16] [--threads 2]
+``--inputs`` compares the model inputs: ``head`` (a card without ``input_convention``: the native
+grid cropped to the head) and ``brain`` (the BraTS convention of the exported checkpoints:
+registration, deepbet brain extraction, reorientation, the input cropped to the brain), so the
+work the brain crop saves shows in the ``infer`` column and the window count, and what the
+extra steps cost shows in ``volume``.
+
+    .venv/bin/python benchmarks/bench_app.py [--configs full small] [--precisions float32 bfloat16]
+        [--inputs head brain] [--threads 2]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from app.batch import load_model, process_study
 from app.config import load_settings
 from app.synthetic_study import SeriesSpec, write_study
 from segmamba import SegMamba
+from segmamba.export import brats_convention
 from segmamba.synthetic import Lesion, Phantom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,11 +57,14 @@ def brats_size_study(folder: Path) -> None:
     write_study(folder, phantom, specs, seed=1)
 
 
-def model_folder(folder: Path, args: dict) -> Path:
+def model_folder(folder: Path, args: dict, inputs: str) -> Path:
+    """A segmamba folder with random weights; ``inputs`` brain: the card declares the BraTS convention."""
     card = json.loads((REPO / "tests" / "models" / "threshold" / "metadata.json").read_text())
     card.update(name=f"segmamba-{folder.name}", version="bench", network={"type": "segmamba", "args": args,
                 "weights": "model.pt"}, preprocessing={"spacing_mm": 1.0, "crop_foreground": True,
                 "normalize": "zscore_nonzero"})
+    if inputs == "brain":
+        card["input_convention"] = brats_convention(["S", "P", "L"], mirror_tta=False)
     folder.mkdir(parents=True)
     torch.save(SegMamba(**args).state_dict(), folder / "model.pt")
     (folder / "metadata.json").write_text(json.dumps(card))
@@ -77,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "full"])
     parser.add_argument("--precisions", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
+    parser.add_argument("--inputs", nargs="+", choices=("head", "brain"), default=["head"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     context = mp.get_context("spawn")
@@ -87,28 +99,31 @@ def main() -> None:
         brats_size_study(root / "study")
         print(f"wrote the 240x240x155 study in {time.perf_counter() - started:.1f} s")
         for name in args.configs:
-            models = model_folder(root / name, CONFIGS[name])
-            for precision in args.precisions:
-                queue = context.Queue()
-                child = context.Process(target=measure, args=(models, root / "study", root / f"out-{name}-{precision}",
-                                                              precision, args.threads, queue))
-                child.start()
-                child.join()
-                if child.exitcode != 0:
-                    raise SystemExit(f"{name} {precision}: the measuring process failed (exit code {child.exitcode})")
-                rows.append((name, precision, *queue.get()))
+            for inputs in args.inputs:
+                models = model_folder(root / f"{name}-{inputs}", CONFIGS[name], inputs)
+                for precision in args.precisions:
+                    queue = context.Queue()
+                    out = root / f"out-{name}-{inputs}-{precision}"
+                    child = context.Process(target=measure, args=(models, root / "study", out, precision,
+                                                                  args.threads, queue))
+                    child.start()
+                    child.join()
+                    if child.exitcode != 0:
+                        raise SystemExit(f"{name} {inputs} {precision}: the measuring process failed "
+                                         f"(exit code {child.exitcode})")
+                    rows.append(((name, inputs), precision, *queue.get()))
     print(f"\nstage seconds (share of the chain), CPU, {args.threads} threads; model loading is once per process; "
-          "speed-up = same config's float32 total / this total")
-    print(f"{'config':6s} {'precision':>9s} {'load model':>10s} " + " ".join(f"{s:>14s}" for s in STAGES)
+          f"speed-up = the float32 total of the same config on {args.inputs[0]} inputs / this total")
+    print(f"{'config':6s} {'inputs':>6s} {'precision':>9s} {'load model':>10s} " + " ".join(f"{s:>14s}" for s in STAGES)
           + f" {'total':>7s} {'speed-up':>8s} {'windows':>7s} {'peak RSS MiB':>12s}")
-    float32_total = {name: sum(times[s] for s in STAGES) for name, precision, _, times, _, _ in rows
-                     if precision == "float32"}
-    for name, precision, model_seconds, times, windows, rss in rows:
+    baseline = {key[0]: sum(times[s] for s in STAGES) for key, precision, _, times, _, _ in rows
+                if precision == "float32" and key[1] == args.inputs[0]}
+    for (name, inputs), precision, model_seconds, times, windows, rss in rows:
         total = sum(times[s] for s in STAGES)
         cells = " ".join(f"{times[s]:7.1f} ({times[s] / total:4.0%})" for s in STAGES)
-        speedup = f"{float32_total[name] / total:7.2f}x" if name in float32_total else f"{'-':>8s}"
-        print(f"{name:6s} {precision:>9s} {model_seconds:10.1f} {cells} {total:7.1f} {speedup} {windows:7d} "
-              f"{rss:12.0f}")
+        speedup = f"{baseline[name] / total:7.2f}x" if name in baseline else f"{'-':>8s}"
+        print(f"{name:6s} {inputs:>6s} {precision:>9s} {model_seconds:10.1f} {cells} {total:7.1f} {speedup} "
+              f"{windows:7d} {rss:12.0f}")
 
 
 if __name__ == "__main__":
