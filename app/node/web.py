@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.node.state.journal import Journal
+from app.node.state.states import JobState, OutboxState
 from operators.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,8 @@ def delivery_summary(row: Mapping[str, Any]) -> dict[str, Any]:
     """One outbox row: which output went where, its state and when it was stored, committed, delivered."""
     return {"destination": row["destination"], "kind": row["kind"] or "seg", "sop_instance_uid": row["sop_uid"],
             "sop_class_uid": row["sop_class"], "state": row["state"], "attempts": row["attempts"],
-            "stored": row["stored_at"] or (row["sent_at"] if row["state"] == "sent" else None),
-            "committed": row["committed_at"], "delivered": row["sent_at"] if row["state"] == "sent" else None,
+            "stored": row["stored_at"] or (row["sent_at"] if row["state"] == OutboxState.SENT else None),
+            "committed": row["committed_at"], "delivered": row["sent_at"] if row["state"] == OutboxState.SENT else None,
             "transaction_uid": row["transaction_uid"], "error": row["last_error"]}
 
 
@@ -182,15 +183,16 @@ def _deliveries_cell(job: Mapping[str, Any]) -> str:
     """Per destination: each output's state and when it was delivered (committed where required)."""
     by_destination: dict[str, list[Mapping[str, Any]]] = {}
     for item in job["deliveries"]:
-        if item["state"] != "superseded":
+        if item["state"] != OutboxState.SUPERSEDED:
             by_destination.setdefault(item["destination"], []).append(item)
     parts = []
     for name, items in by_destination.items():
         lines = []
         for item in items:
+            committing = item["state"] == OutboxState.COMMITTING
             when = (f"committed {_when(item['committed'])}" if item["committed"] else
                     f"sent {_when(item['delivered'])}" if item["delivered"] else
-                    f"stored {_when(item['stored'])}, awaiting commitment" if item["state"] == "committing" else
+                    f"stored {_when(item['stored'])}, awaiting commitment" if committing else
                     f"pending (attempt {item['attempts'] + 1})")
             lines.append(f'<li class="delivery delivery-{html.escape(item["state"])}">{html.escape(item["kind"])}: '
                          f'{html.escape(when)}</li>')
@@ -235,7 +237,7 @@ def status_page(journal: Journal, title: str, show_phi: bool = False, nonce: str
             f'<td>{job["attempts"]}</td><td>{_timeline(job["stage_times"])}</td><td>{delivered}</td>'
             f'<td class="reason">{html.escape(problem)}</td><td>{preview}</td></tr>'
         )
-    failures = [j for j in jobs if j["state"] == "failed"]
+    failures = [j for j in jobs if j["state"] == JobState.FAILED]
     failure_items = "".join(f"<li>job {j['id']} study <code>{html.escape(j['study_uid'])}</code>: "
                             f"{html.escape(j['reason'] or '')}</li>" for j in failures) or "<li>none</li>"
     summary = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(counts.items()))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pydicom
 
+from app.node.state.states import OutboxState
 from operators.atomic_files import RESULT_MODE, write_atomically
 
 
@@ -78,6 +79,6 @@ def write_delivery(report: Path, rows: Sequence[Mapping[str, Any]], addresses: M
         {"destination": row["destination"], "address": addresses.get(row["destination"], ""),
          "kind": row["kind"] or "seg", "sop_instance_uid": row["sop_uid"], "state": row["state"],
          "attempts": row["attempts"], "stored": _iso(row["stored_at"]), "committed": _iso(row["committed_at"]),
-         "delivered": _iso(row["sent_at"]) if row["state"] == "sent" else None}
-        for row in rows if row["state"] != "superseded"]
+         "delivered": _iso(row["sent_at"]) if row["state"] == OutboxState.SENT else None}
+        for row in rows if row["state"] != OutboxState.SUPERSEDED]
     write_atomically(report, json.dumps(document, indent=2).encode(), RESULT_MODE)

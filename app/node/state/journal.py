@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.node.state.states import JobState, OutboxState, StudyState
 from operators.errors import ConfigurationError
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'receiving', patient_id TEXT, accession TEXT,
+    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT '{StudyState.RECEIVING}', patient_id TEXT, accession TEXT,
     calling_ae TEXT, first_at REAL NOT NULL, last_at REAL NOT NULL, instances INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0, trigger TEXT);
 CREATE TABLE IF NOT EXISTS instances (
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,
-    path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+    path TEXT NOT NULL, sop_uid TEXT NOT NULL, state TEXT NOT NULL DEFAULT '{OutboxState.PENDING}',
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, last_error TEXT, sent_at REAL,
     UNIQUE (job_id, destination, sop_uid));
 CREATE TABLE IF NOT EXISTS audit (
@@ -67,6 +68,8 @@ OUTBOX_COLUMNS = {"kind": "TEXT", "sop_class": "TEXT", "stored_at": "REAL", "tra
 # delivery columns (OUTBOX_COLUMNS). Raise it with each change and add the step to ``_migrate``; a
 # journal newer than this code is refused (downgrade).
 SCHEMA_VERSION = 2
+# Outbox rows not yet settled (neither delivered nor superseded).
+UNSETTLED = (OutboxState.PENDING, OutboxState.COMMITTING)
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class Journal:
                     "UPDATE studies SET last_at = ?, instances = instances + 1, bytes = bytes + ? WHERE study_uid = ?",
                     (now, record.size, record.study_uid),
                 )
-                if study["state"] != "receiving":
+                if study["state"] != StudyState.RECEIVING:
                     self._late_instance(db, record)
         return True
 
@@ -194,14 +197,14 @@ class Journal:
         """
         job = db.execute("SELECT id, state FROM jobs WHERE study_uid = ?", (record.study_uid,)).fetchone()
         state = job["state"] if job is not None else None
-        if state == "failed":
+        if state == JobState.FAILED:
             self._reopen(db, record.study_uid, job["id"], record.calling_ae,
                          f"{record.sop_uid} arrived after the job failed; the study will be processed again")
-        elif state == "done":
+        elif state == JobState.DONE:
             self._reopen(db, record.study_uid, job["id"], record.calling_ae,
                          f"{record.sop_uid} arrived after the result; the study will be processed again and the new "
                          "result supersedes the old one", supersede=True)
-        elif state == "processing":
+        elif state == JobState.PROCESSING:
             db.execute("UPDATE jobs SET stale = 1 WHERE id = ?", (job["id"],))
             self._audit(db, "late-instance", record.study_uid, job["id"], record.calling_ae,
                         f"{record.sop_uid} arrived while the job ran; a superseding result follows")
@@ -212,24 +215,26 @@ class Journal:
     def _reopen(self, db: sqlite3.Connection, study_uid: str, job_id: int, actor: str, detail: str,
                 supersede: bool = False) -> None:
         """The study receives again; its job waits ('reopened') to be queued anew by the completion rules."""
-        db.execute("UPDATE studies SET state = 'receiving', last_at = ? WHERE study_uid = ?", (self.clock(), study_uid))
-        db.execute("UPDATE jobs SET state = 'reopened', stale = 0, revision = revision + ? WHERE id = ?",
-                   (1 if supersede else 0, job_id))
+        db.execute("UPDATE studies SET state = ?, last_at = ? WHERE study_uid = ?",
+                   (StudyState.RECEIVING, self.clock(), study_uid))
+        db.execute("UPDATE jobs SET state = ?, stale = 0, revision = revision + ? WHERE id = ?",
+                   (JobState.REOPENED, 1 if supersede else 0, job_id))
         self._audit(db, "study-reopened", study_uid, job_id, actor, detail)
 
     def touch_receiving(self, study_uid: str) -> bool:
         """A known instance was sent again: a study still being received is not quiet yet (a modality
         resending after an interruption goes through what it sent before reaching what is missing)."""
         with self.transaction() as db:
-            return db.execute("UPDATE studies SET last_at = ? WHERE study_uid = ? AND state = 'receiving'",
-                              (self.clock(), study_uid)).rowcount > 0
+            return db.execute("UPDATE studies SET last_at = ? WHERE study_uid = ? AND state = ?",
+                              (self.clock(), study_uid, StudyState.RECEIVING)).rowcount > 0
 
     def reopen_failed(self, study_uid: str, actor: str, detail: str) -> bool:
         """Reopen the study of a failed job (e.g. a modality resending it); False when its job has not failed."""
-        if not self.query("SELECT 1 FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)):
+        if not self.query("SELECT 1 FROM jobs WHERE study_uid = ? AND state = ?", (study_uid, JobState.FAILED)):
             return False  # the common case (a resend of a done study) costs no write
         with self.transaction() as db:
-            job = db.execute("SELECT id FROM jobs WHERE study_uid = ? AND state = 'failed'", (study_uid,)).fetchone()
+            job = db.execute("SELECT id FROM jobs WHERE study_uid = ? AND state = ?",
+                             (study_uid, JobState.FAILED)).fetchone()
             if job is None:
                 return False
             self._reopen(db, study_uid, job["id"], actor, detail)
@@ -243,19 +248,19 @@ class Journal:
             if job is None:
                 known = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
                 return "unknown study" if known is None else "still receiving; it is queued when complete"
-            if job["state"] in ("ready", "processing", "reopened"):
+            if job["state"] in (JobState.READY, JobState.PROCESSING, JobState.REOPENED):
                 return f"job {job['id']} is already {job['state']}"
-            db.execute("UPDATE studies SET state = 'queued' WHERE study_uid = ?", (study_uid,))
+            db.execute("UPDATE studies SET state = ? WHERE study_uid = ?", (StudyState.QUEUED, study_uid))
             db.execute(
-                "UPDATE jobs SET state = 'ready', attempts = 0, reason = NULL, not_before = 0, stale = 0,"
+                "UPDATE jobs SET state = ?, attempts = 0, reason = NULL, not_before = 0, stale = 0,"
                 " revision = revision + ?, trigger = 'requeued' WHERE id = ?",
-                (1 if job["state"] == "done" else 0, job["id"]),
+                (JobState.READY, 1 if job["state"] == JobState.DONE else 0, job["id"]),
             )
             self._audit(db, "job-requeued", study_uid, job["id"], actor, f"{job['state']} job queued again")
         return f"job {job['id']} ({job['state']}) queued again"
 
     def receiving_studies(self) -> list[sqlite3.Row]:
-        return self.query("SELECT * FROM studies WHERE state = 'receiving' ORDER BY first_at")
+        return self.query("SELECT * FROM studies WHERE state = ? ORDER BY first_at", (StudyState.RECEIVING,))
 
     def study_instances(self, study_uid: str) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_uid", (study_uid,))
@@ -265,24 +270,24 @@ class Journal:
     def queue_study(self, study_uid: str, trigger: str) -> int | None:
         """Close a receiving study and create its job (ready); None when it was not receiving."""
         with self.transaction() as db:
-            return self._close_study(db, study_uid, trigger, "ready", None)
+            return self._close_study(db, study_uid, trigger, JobState.READY, None)
 
     def fail_study(self, study_uid: str, trigger: str, reason: str) -> int | None:
         """Close a receiving study whose input cannot be judged or processed: its job is failed at once
         with ``reason`` (a resend or ``requeue`` reopens it); None when it was not receiving."""
         with self.transaction() as db:
-            return self._close_study(db, study_uid, trigger, "failed", reason)
+            return self._close_study(db, study_uid, trigger, JobState.FAILED, reason)
 
-    def _close_study(self, db: sqlite3.Connection, study_uid: str, trigger: str, state: str,
+    def _close_study(self, db: sqlite3.Connection, study_uid: str, trigger: str, state: JobState,
                      reason: str | None) -> int | None:
         now = self.clock()
         changed = db.execute(
-            "UPDATE studies SET state = 'queued', trigger = ? WHERE study_uid = ? AND state = 'receiving'",
-            (trigger, study_uid),
+            "UPDATE studies SET state = ?, trigger = ? WHERE study_uid = ? AND state = ?",
+            (StudyState.QUEUED, trigger, study_uid, StudyState.RECEIVING),
         ).rowcount
         if not changed:
             return None
-        finished = now if state == "failed" else None
+        finished = now if state == JobState.FAILED else None
         reopened = db.execute("SELECT id FROM jobs WHERE study_uid = ?", (study_uid,)).fetchone()
         if reopened is not None:
             job_id = reopened["id"]
@@ -296,7 +301,7 @@ class Journal:
                 "INSERT INTO jobs (study_uid, state, reason, trigger, created_at, finished_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)", (study_uid, state, reason, trigger, now, finished),
             ).lastrowid
-        if state == "failed":
+        if state == JobState.FAILED:
             self._audit(db, "job-failed", study_uid, job_id, "node", str(reason))
         else:
             self._audit(db, "job-queued", study_uid, job_id, "node", trigger)
@@ -307,13 +312,13 @@ class Journal:
         now = self.clock()
         with self.transaction() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'ready' AND not_before <= ? ORDER BY id LIMIT 1", (now,)
+                "SELECT id FROM jobs WHERE state = ? AND not_before <= ? ORDER BY id LIMIT 1", (JobState.READY, now)
             ).fetchone()
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = 'processing', runs = runs + 1, started_at = ?, heartbeat_at = ? WHERE id = ?",
-                (now, now, row["id"]),
+                "UPDATE jobs SET state = ?, runs = runs + 1, started_at = ?, heartbeat_at = ? WHERE id = ?",
+                (JobState.PROCESSING, now, now, row["id"]),
             )
             return db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
 
@@ -324,7 +329,7 @@ class Journal:
     @staticmethod
     def _owned(db: sqlite3.Connection, job_id: int, run: int | None) -> sqlite3.Row | None:
         """The job row if it is still processing under claim ``run`` (None: any run)."""
-        row = db.execute("SELECT * FROM jobs WHERE id = ? AND state = 'processing'", (job_id,)).fetchone()
+        row = db.execute("SELECT * FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.PROCESSING)).fetchone()
         if row is None or (run is not None and int(row["runs"]) != int(run)):
             return None
         return row
@@ -332,8 +337,8 @@ class Journal:
     def beat(self, job_id: int, run: int) -> bool:
         """The worker's heartbeat for a running job; False when the job is no longer its own."""
         with self.transaction() as db:
-            return bool(db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = 'processing'"
-                                   " AND runs = ?", (self.clock(), job_id, run)).rowcount)
+            return bool(db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = ? AND runs = ?",
+                                   (self.clock(), job_id, JobState.PROCESSING, run)).rowcount)
 
     def finish_job(
         self, job_id: int, outputs: Mapping[str, str], stage_times: Mapping[str, float],
@@ -352,15 +357,15 @@ class Journal:
             if job is None:
                 return False
             db.execute(
-                "UPDATE jobs SET state = 'done', finished_at = ?, reason = NULL, outputs = ?, stage_times = ?,"
+                "UPDATE jobs SET state = ?, finished_at = ?, reason = NULL, outputs = ?, stage_times = ?,"
                 " seg_series_uid = COALESCE(seg_series_uid, ?) WHERE id = ?",
-                (now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), seg_series_uid, job_id),
+                (JobState.DONE, now, json.dumps(dict(outputs)), json.dumps(dict(stage_times)), seg_series_uid, job_id),
             )
             new_uids = {send[2] for send in sends}
-            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state IN ('pending',"
-                                  " 'committing')", (job_id,)).fetchall():
+            for old in db.execute("SELECT id, sop_uid FROM outbox WHERE job_id = ? AND state IN (?, ?)",
+                                  (job_id, *UNSETTLED)).fetchall():
                 if old["sop_uid"] not in new_uids:
-                    db.execute("UPDATE outbox SET state = 'superseded' WHERE id = ?", (old["id"],))
+                    db.execute("UPDATE outbox SET state = ? WHERE id = ?", (OutboxState.SUPERSEDED, old["id"]))
             for destination, path, sop_uid, *more in sends:
                 kind, sop_class = [*more, "seg", ""][:2]
                 db.execute(
@@ -382,9 +387,9 @@ class Journal:
             if job is None:
                 return False
             db.execute(
-                "UPDATE jobs SET state = 'ready', reason = ?, not_before = ?, settings = ?, attempts = attempts + ?"
-                " WHERE id = ?", (reason, self.clock() + delay, json.dumps(dict(settings)) if settings else None,
-                                  1 if counted else 0, job_id),
+                "UPDATE jobs SET state = ?, reason = ?, not_before = ?, settings = ?, attempts = attempts + ?"
+                " WHERE id = ?", (JobState.READY, reason, self.clock() + delay,
+                                  json.dumps(dict(settings)) if settings else None, 1 if counted else 0, job_id),
             )
             self._audit(db, "job-retry" if counted else "job-released", job["study_uid"], job_id, "node", reason)
         return True
@@ -399,8 +404,8 @@ class Journal:
             job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if job is None or (run is not None and self._owned(db, job_id, run) is None):
                 return False
-            db.execute("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ?, attempts = attempts + 1"
-                       " WHERE id = ?", (reason, self.clock(), job_id))
+            db.execute("UPDATE jobs SET state = ?, reason = ?, finished_at = ?, attempts = attempts + 1"
+                       " WHERE id = ?", (JobState.FAILED, reason, self.clock(), job_id))
             self._audit(db, "job-failed", job["study_uid"], job_id, "node", reason)
         return True
 
@@ -408,10 +413,11 @@ class Journal:
         """Jobs 'processing' without a heartbeat for ``timeout`` seconds (their worker died, or could not
         write) go back to ready, no attempt used. Returns their ids."""
         with self.transaction() as db:
-            rows = db.execute("SELECT id, study_uid FROM jobs WHERE state = 'processing' AND"
-                              " COALESCE(heartbeat_at, started_at, 0) < ?", (self.clock() - timeout,)).fetchall()
+            rows = db.execute("SELECT id, study_uid FROM jobs WHERE state = ? AND"
+                              " COALESCE(heartbeat_at, started_at, 0) < ?",
+                              (JobState.PROCESSING, self.clock() - timeout)).fetchall()
             for row in rows:
-                db.execute("UPDATE jobs SET state = 'ready', not_before = 0 WHERE id = ?", (row["id"],))
+                db.execute("UPDATE jobs SET state = ?, not_before = 0 WHERE id = ?", (JobState.READY, row["id"]))
                 self._audit(db, "job-released", row["study_uid"], row["id"], "node",
                             f"no worker heartbeat for {timeout:.0f} s; back to the queue")
         return [int(row["id"]) for row in rows]
@@ -419,7 +425,8 @@ class Journal:
     def recover(self) -> int:
         """At startup: jobs left 'processing' by a crash go back to ready (no attempt used). Returns how many."""
         with self.transaction() as db:
-            count = db.execute("UPDATE jobs SET state = 'ready', not_before = 0 WHERE state = 'processing'").rowcount
+            count = db.execute("UPDATE jobs SET state = ?, not_before = 0 WHERE state = ?",
+                               (JobState.READY, JobState.PROCESSING)).rowcount
             if count:
                 self._audit(db, "recovered", None, None, "node", f"{count} interrupted job(s) back to ready")
         return int(count)
@@ -433,15 +440,15 @@ class Journal:
 
     def due_sends(self) -> list[sqlite3.Row]:
         return self.query("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
-                          " WHERE o.state = 'pending' AND o.next_at <= ? ORDER BY o.id", (self.clock(),))
+                          " WHERE o.state = ? AND o.next_at <= ? ORDER BY o.id", (OutboxState.PENDING, self.clock()))
 
     def mark_sent(self, send_id: int, detail: str, committed: bool = False) -> None:
         """Delivered: the peer acknowledged (and, with ``committed``, committed) the instance."""
         with self.transaction() as db:
             now = self.clock()
-            db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, stored_at = COALESCE(stored_at, ?),"
+            db.execute("UPDATE outbox SET state = ?, sent_at = ?, stored_at = COALESCE(stored_at, ?),"
                        " committed_at = CASE WHEN ? THEN ? ELSE committed_at END, last_error = NULL WHERE id = ?",
-                       (now, now, committed, now, send_id))
+                       (OutboxState.SENT, now, now, committed, now, send_id))
             row = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id WHERE o.id = ?",
                              (send_id,)).fetchone()
             self._audit(db, "result-committed" if committed else "result-sent", row["study_uid"], row["job_id"],
@@ -449,9 +456,9 @@ class Journal:
 
     def mark_send_failed(self, send_id: int, error: str, retry_in: float) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?,"
-                       " transaction_uid = NULL, commit_due = NULL WHERE id = ? AND state IN ('pending', 'committing')",
-                       (error, self.clock() + retry_in, send_id))
+            db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
+                       " transaction_uid = NULL, commit_due = NULL WHERE id = ? AND state IN (?, ?)",
+                       (OutboxState.PENDING, error, self.clock() + retry_in, send_id, *UNSETTLED))
 
     def mark_stored(self, send_ids: Iterable[int], transaction_uid: str, wait: float, detail: str) -> None:
         """Stored by the peer, commitment to be requested under ``transaction_uid``: 'committing' until the
@@ -460,9 +467,9 @@ class Journal:
         now = self.clock()
         with self.transaction() as db:
             for send_id in send_ids:
-                db.execute("UPDATE outbox SET state = 'committing', stored_at = ?, sent_at = ?, transaction_uid = ?,"
+                db.execute("UPDATE outbox SET state = ?, stored_at = ?, sent_at = ?, transaction_uid = ?,"
                            " commit_due = ?, last_error = NULL WHERE id = ?",
-                           (now, now, transaction_uid, now + wait, send_id))
+                           (OutboxState.COMMITTING, now, now, transaction_uid, now + wait, send_id))
                 row = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
                                  " WHERE o.id = ?", (send_id,)).fetchone()
                 self._audit(db, "result-stored", row["study_uid"], row["job_id"], row["destination"],
@@ -470,7 +477,7 @@ class Journal:
 
     def committing(self, transaction_uid: str) -> list[sqlite3.Row]:
         return self.query("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
-                          " WHERE o.transaction_uid = ? AND o.state = 'committing'", (transaction_uid,))
+                          " WHERE o.transaction_uid = ? AND o.state = ?", (transaction_uid, OutboxState.COMMITTING))
 
     def record_commitment(self, transaction_uid: str, committed: Iterable[str], failed: Mapping[str, str],
                           retry_in: Callable[[int], float], actor: str) -> tuple[list[str], list[str]]:
@@ -484,20 +491,21 @@ class Journal:
         again: list[str] = []
         with self.transaction() as db:
             rows = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
-                              " WHERE o.transaction_uid = ? AND o.state = 'committing'", (transaction_uid,)).fetchall()
+                              " WHERE o.transaction_uid = ? AND o.state = ?",
+                              (transaction_uid, OutboxState.COMMITTING)).fetchall()
             for row in rows:
                 if row["sop_uid"] in committed:
-                    db.execute("UPDATE outbox SET state = 'sent', committed_at = ?, last_error = NULL WHERE id = ?",
-                               (now, row["id"]))
+                    db.execute("UPDATE outbox SET state = ?, committed_at = ?, last_error = NULL WHERE id = ?",
+                               (OutboxState.SENT, now, row["id"]))
                     self._audit(db, "result-committed", row["study_uid"], row["job_id"], row["destination"],
                                 f"{row['sop_uid']}: committed by {actor} ({transaction_uid})")
                     done.append(str(row["destination"]))
                     continue
                 reason = failed.get(row["sop_uid"], "not named in the report")
                 error = f"{row['destination']}: storage commitment failed: {reason}"
-                db.execute("UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?,"
+                db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
                            " transaction_uid = NULL, commit_due = NULL WHERE id = ?",
-                           (error, now + retry_in(int(row["attempts"])), row["id"]))
+                           (OutboxState.PENDING, error, now + retry_in(int(row["attempts"])), row["id"]))
                 self._audit(db, "result-not-committed", row["study_uid"], row["job_id"], row["destination"],
                             f"{row['sop_uid']}: {reason}; sent again")
                 again.append(str(row["destination"]))
@@ -509,11 +517,11 @@ class Journal:
         now = self.clock()
         with self.transaction() as db:
             rows = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
-                              " WHERE o.state = 'committing' AND o.commit_due < ?", (now,)).fetchall()
+                              " WHERE o.state = ? AND o.commit_due < ?", (OutboxState.COMMITTING, now)).fetchall()
             for row in rows:
-                db.execute("UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?,"
+                db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
                            " transaction_uid = NULL, commit_due = NULL WHERE id = ?",
-                           (f"{row['destination']}: no storage commitment report by the deadline",
+                           (OutboxState.PENDING, f"{row['destination']}: no storage commitment report by the deadline",
                             now + retry_in(int(row["attempts"])), row["id"]))
         return list(rows)
 
@@ -552,20 +560,22 @@ class Journal:
     def recent_jobs(self, limit: int = 50) -> list[sqlite3.Row]:
         return self.query(
             "SELECT j.*, s.instances, s.calling_ae, s.first_at, s.last_at, s.patient_id, s.accession,"
-            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = 'sent') AS sent,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = ?) AS sent,"
             " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id) AS sends,"
             " (SELECT MAX(COALESCE(o.committed_at, o.sent_at)) FROM outbox o WHERE o.job_id = j.id"
-            "  AND o.state = 'sent') AS delivered_at,"
-            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = 'committing') AS committing,"
-            " (SELECT o.last_error FROM outbox o WHERE o.job_id = j.id AND o.state = 'pending'"
+            "  AND o.state = ?) AS delivered_at,"
+            " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.state = ?) AS committing,"
+            " (SELECT o.last_error FROM outbox o WHERE o.job_id = j.id AND o.state = ?"
             "  AND o.last_error IS NOT NULL LIMIT 1) AS send_error"
-            " FROM jobs j JOIN studies s ON s.study_uid = j.study_uid ORDER BY j.id DESC LIMIT ?", (limit,))
+            " FROM jobs j JOIN studies s ON s.study_uid = j.study_uid ORDER BY j.id DESC LIMIT ?",
+            (OutboxState.SENT, OutboxState.SENT, OutboxState.COMMITTING, OutboxState.PENDING, limit))
 
     def finished_before(self, cutoff: float) -> list[sqlite3.Row]:
         """Finished jobs (done and fully sent, or failed) older than ``cutoff``: spool files may go."""
         return self.query(
-            "SELECT * FROM jobs j WHERE j.finished_at < ? AND (j.state = 'failed' OR (j.state = 'done' AND NOT EXISTS"
-            " (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state IN ('pending', 'committing'))))", (cutoff,))
+            "SELECT * FROM jobs j WHERE j.finished_at < ? AND (j.state = ? OR (j.state = ? AND NOT EXISTS"
+            " (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state IN (?, ?))))",
+            (cutoff, JobState.FAILED, JobState.DONE, *UNSETTLED))
 
     def forget_study(self, study_uid: str, job_id: int) -> None:
         """Prune the rows of a study whose files retention removed (instances, job, outbox, audit with
