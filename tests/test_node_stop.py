@@ -15,11 +15,12 @@ from app.node.executor import JobExecutor, WorkerStopped
 from app.node.state.journal import InstanceRecord, Journal
 from app.node.state.spool import Spool
 from app.node.worker import Worker
+from app.node.worker_messages import Ready
 
 
 def hanging_child(connection: Connection, _settings: Settings, _parent_pid: int | None = None) -> None:
     """A worker child that loads nothing and never finishes its job (a long inference)."""
-    connection.send(("ready",))
+    connection.send(Ready())
     connection.recv()
     time.sleep(600)
 

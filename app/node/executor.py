@@ -6,6 +6,11 @@ segments one study per request. If a job exceeds its timeout, or the child dies,
 killed and a fresh one (which loads the model again) serves the next job. The parent process
 (DICOM, journal, web) never imports torch or monai.
 
+The two talk over a Pipe in the frozen dataclasses of app/node/worker_messages.py: the child sends
+``Ready`` once its model is loaded, then answers each ``JobRequest`` with ``JobDone`` or
+``JobFailed``. Anything else the parent receives is a protocol error, handled like the child dying:
+the child is killed and the job's outcome is CRASHED (``WorkerUnavailable`` while it loads).
+
 The child dies with its parent, SIGKILL of the node included: on Linux the kernel sends it SIGKILL
 when the parent goes (``PR_SET_PDEATHSIG``), and on every system a watch thread ends it once its
 parent process is gone, so it never writes into a spool a restarted node reuses.
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.node.worker_messages import JobDone, JobFailed, JobRequest, Ready
 
 log = logging.getLogger(__name__)
 PERMANENT, TRANSIENT, OOM, TIMEOUT, CRASHED = "permanent", "transient", "oom", "timeout", "crashed"
@@ -106,7 +112,7 @@ def die_with_parent(parent_pid: int, every: float = 0.5) -> None:
 
 
 def _child_main(connection: Connection, settings: Settings, parent_pid: int | None = None) -> None:
-    """The child: load the model once, then answer (input, output, overrides) requests until closed."""
+    """The child: load the model once, then answer JobRequests with JobDone or JobFailed until closed."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
     from app.batch import load_model, process_study
@@ -115,26 +121,28 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
     setup_logging(settings, "segmamba-worker.log")
     current = settings
     card, segmenter = load_model(current)
-    connection.send(("ready",))
+    connection.send(Ready())
     while True:
         try:
             request = connection.recv()
         except EOFError:
             return
-        input_dir, output_dir, overrides, ids = request
+        if not isinstance(request, JobRequest):  # the parent sees the child die: CRASHED
+            raise TypeError(f"the worker expected a JobRequest, not {request!r}")
         try:
-            wanted = dataclasses.replace(settings, **overrides) if overrides else settings
+            wanted = dataclasses.replace(settings, **request.overrides) if request.overrides else settings
             if wanted != current:
                 current = wanted
                 card, segmenter = load_model(current)
-            with log_context(**ids):
-                files, times = process_study(current, card, segmenter, Path(input_dir), Path(output_dir))
-            connection.send(("ok", {"segmentation": str(files.segmentation), "report": str(files.report),
-                                    "preview": str(files.preview)}, times))
+            with log_context(**request.ids):
+                files, times = process_study(current, card, segmenter, Path(request.input_dir),
+                                             Path(request.output_dir))
+            connection.send(JobDone({"segmentation": str(files.segmentation), "report": str(files.report),
+                                     "preview": str(files.preview)}, times))
         except Exception as error:
             device = str(getattr(segmenter, "device", current.device))
-            connection.send(("error", classify(error), type(error).__name__, str(error).strip() or repr(error),
-                             getattr(segmenter, "sw_batch_size", None), device))
+            connection.send(JobFailed(classify(error), type(error).__name__, str(error).strip() or repr(error),
+                                      getattr(segmenter, "sw_batch_size", None), device))
 
 
 class JobExecutor:
@@ -176,10 +184,14 @@ class JobExecutor:
                 self.stop()
                 raise WorkerUnavailable(f"the worker process did not load the model within {self.start_timeout:.0f} s")
         try:
-            parent.recv()
+            message = parent.recv()
         except (EOFError, OSError) as error:
             self.stop()
             raise WorkerUnavailable("the worker process died while loading the model (see its log)") from error
+        if not isinstance(message, Ready):
+            self.stop()
+            raise WorkerUnavailable(f"the worker process sent {type(message).__name__} instead of Ready while "
+                                    "loading the model")
         self.model_loaded = True
         log.info("worker process %d ready", self._process.pid)
 
@@ -221,7 +233,7 @@ class JobExecutor:
         if connection is None or process is None:
             raise WorkerStopped("the node is stopping")
         try:
-            connection.send((str(input_dir), str(output_dir), dict(overrides or {}), dict(ids or {})))
+            connection.send(JobRequest(str(input_dir), str(output_dir), dict(overrides or {}), dict(ids or {})))
             deadline = time.monotonic() + timeout
             while not connection.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
                 if on_wait is not None:
@@ -239,7 +251,11 @@ class JobExecutor:
             code = process.exitcode
             self.stop()
             return Outcome(CRASHED, f"worker process died (exit code {code})", "WorkerCrashed")
-        if answer[0] == "ok":
-            return Outcome("ok", files=answer[1], stage_times=answer[2])
-        _, kind, error_type, message, sw_batch_size, device = answer
-        return Outcome(kind, message, error_type, sw_batch_size=sw_batch_size, device=device)
+        if isinstance(answer, JobDone):
+            return Outcome("ok", files=answer.files, stage_times=answer.stage_times)
+        if isinstance(answer, JobFailed):
+            return Outcome(answer.kind, answer.message, answer.error_type, sw_batch_size=answer.sw_batch_size,
+                           device=answer.device)
+        self.stop()  # a protocol error: the child is in no known state, like one that died
+        return Outcome(CRASHED, f"worker process sent an unexpected message ({type(answer).__name__}); "
+                                "worker abandoned", "WorkerProtocolError")

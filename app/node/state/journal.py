@@ -454,11 +454,18 @@ class Journal:
             self._audit(db, "result-committed" if committed else "result-sent", row["study_uid"], row["job_id"],
                         row["destination"], f"{row['sop_uid']}: {detail}")
 
+    @staticmethod
+    def _back_to_pending(db: sqlite3.Connection, send_id: int, error: str, next_at: float, *,
+                         only_unsettled: bool = False) -> None:
+        """Put an outbox row back to pending, one attempt more, to be sent again at ``next_at`` (its
+        commitment transaction forgotten); with ``only_unsettled``, only while it is pending or committing."""
+        db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
+                   " transaction_uid = NULL, commit_due = NULL WHERE id = ? AND (? OR state IN (?, ?))",
+                   (OutboxState.PENDING, error, next_at, send_id, not only_unsettled, *UNSETTLED))
+
     def mark_send_failed(self, send_id: int, error: str, retry_in: float) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
-                       " transaction_uid = NULL, commit_due = NULL WHERE id = ? AND state IN (?, ?)",
-                       (OutboxState.PENDING, error, self.clock() + retry_in, send_id, *UNSETTLED))
+            self._back_to_pending(db, send_id, error, self.clock() + retry_in, only_unsettled=True)
 
     def mark_stored(self, send_ids: Iterable[int], transaction_uid: str, wait: float, detail: str) -> None:
         """Stored by the peer, commitment to be requested under ``transaction_uid``: 'committing' until the
@@ -503,9 +510,7 @@ class Journal:
                     continue
                 reason = failed.get(row["sop_uid"], "not named in the report")
                 error = f"{row['destination']}: storage commitment failed: {reason}"
-                db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
-                           " transaction_uid = NULL, commit_due = NULL WHERE id = ?",
-                           (OutboxState.PENDING, error, now + retry_in(int(row["attempts"])), row["id"]))
+                self._back_to_pending(db, row["id"], error, now + retry_in(int(row["attempts"])))
                 self._audit(db, "result-not-committed", row["study_uid"], row["job_id"], row["destination"],
                             f"{row['sop_uid']}: {reason}; sent again")
                 again.append(str(row["destination"]))
@@ -519,10 +524,8 @@ class Journal:
             rows = db.execute("SELECT o.*, j.study_uid FROM outbox o JOIN jobs j ON j.id = o.job_id"
                               " WHERE o.state = ? AND o.commit_due < ?", (OutboxState.COMMITTING, now)).fetchall()
             for row in rows:
-                db.execute("UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_at = ?,"
-                           " transaction_uid = NULL, commit_due = NULL WHERE id = ?",
-                           (OutboxState.PENDING, f"{row['destination']}: no storage commitment report by the deadline",
-                            now + retry_in(int(row["attempts"])), row["id"]))
+                error = f"{row['destination']}: no storage commitment report by the deadline"
+                self._back_to_pending(db, row["id"], error, now + retry_in(int(row["attempts"])))
         return list(rows)
 
     def deliveries(self, job_ids: Iterable[int]) -> dict[int, list[sqlite3.Row]]:
