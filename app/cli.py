@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.config import ConfigError, Settings, load_settings
+from app.config import KINDS, SETTING_FIELDS, ConfigError, Settings, load_settings
 from app.logs import setup_logging
 from app.process_env import prepare_process
 
@@ -19,81 +19,38 @@ EXIT_STUDY_FAILED = 2
 log = logging.getLogger("app")
 
 
-def _setting_options(parser: argparse.ArgumentParser) -> None:
-    """Options that override app.yaml / environment settings (None = not given)."""
+# Which command takes which setting: the batch run's folders; the settings of every command; the node's (the rest).
+BATCH_SETTINGS = ("input", "output", "workdir")
+SHARED_SETTINGS = ("models", "device", "precision", "reference_role", "series_rules", "sw_batch_size", "mirror_tta",
+                   "registration", "brain_extraction", "progress", "log_level", "log_format", "logs", "output_sr",
+                   "output_rtstruct", "output_sc")
+NODE_SETTINGS = tuple(name for name in SETTING_FIELDS if name not in BATCH_SETTINGS + SHARED_SETTINGS)
+SHORT_FLAGS = {"input": "-i", "output": "-o", "workdir": "-w", "models": "-m"}
+
+
+def setting_option(name: str) -> str:
+    """The command-line option of setting ``name`` (``--reference-role`` for reference_role)."""
+    return "--" + name.replace("_", "-")
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    """The option of one setting: type, choices and help from its Settings field (None = not given)."""
+    kind, meta = KINDS[name][0], SETTING_FIELDS[name].metadata
+    flags = [flag for flag in (SHORT_FLAGS.get(name), setting_option(name)) if flag]
+    if kind is bool:
+        parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+    elif name == "destinations":
+        parser.add_argument(*flags, action="append", help=meta["help"])
+    else:
+        parser.add_argument(*flags, type=kind if kind in (Path, int, float) else str,
+                            choices=meta["choices"] or None, help=meta["help"])
+
+
+def _setting_options(parser: argparse.ArgumentParser, names: Sequence[str] = SHARED_SETTINGS) -> None:
+    """Options that override app.yaml / environment settings, after ``--config``."""
     parser.add_argument("--config", type=Path, help="settings file (default: $HOLOSCAN_CONFIG_PATH or app.yaml)")
-    parser.add_argument("-m", "--models", type=Path, help="model folder, or a folder holding one (HOLOSCAN_MODEL_PATH)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when available)")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="network arithmetic (default auto: card, else bfloat16 on a BF16 CPU, float16 on CUDA)")
-    parser.add_argument("--reference-role", choices=("t1n", "t1c", "t2w", "t2f"),
-                        help="series whose grid the SEG is drawn on (default t1c)")
-    parser.add_argument("--series-rules", type=Path, help="series selection rules JSON (MONAI Deploy selector format)")
-    parser.add_argument("--sw-batch-size", type=int, help="sliding windows per forward pass (default: model card)")
-    parser.add_argument("--mirror-tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="8-way mirroring test-time augmentation (default: model card)")
-    parser.add_argument("--registration", choices=("card", "on", "off"),
-                        help="rigid registration of every series onto the reference (default: model card)")
-    parser.add_argument("--brain-extraction", choices=("card", "on", "off"),
-                        help="deepbet brain mask applied to every channel (default: model card)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar during inference (default on)")
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
-    parser.add_argument("--log-format", choices=("text", "json"),
-                        help="text, or JSON lines with study_uid and job_id for log collectors (default text)")
-    parser.add_argument("--logs", help="folder for log files beside stderr (default: $HOLOSCAN_LOGS_PATH, else none)")
-    for option, text in (("--output-sr", "TID 1500 SR of the volumes, measurement-report.dcm (default on)"),
-                         ("--output-rtstruct", "RT Structure Set of the contours, rtstruct.dcm (default off)"),
-                         ("--output-sc", "Secondary Capture overlay series, overlay/*.dcm (default off)")):
-        parser.add_argument(option, action=argparse.BooleanOptionalAction, default=None, help=text)
-
-
-# The DICOM node's settings: (option, type, help). Each fills the Settings field of the same name.
-NODE_OPTIONS: tuple[tuple[str, Any, str], ...] = (
-    ("--ae-title", str, "our AE title (default SEGMAMBA)"),
-    ("--port", int, "DICOM port of the Storage SCP (default 11112)"),
-    ("--bind-address", str, "address the SCP listens on (default 127.0.0.1)"),
-    ("--allowed-calling-aes", str, "comma-separated calling AE titles accepted (default: any)"),
-    ("--max-associations", int, "concurrent associations (default 32)"),
-    ("--max-study-instances", int, "instances accepted per study (default 10000)"),
-    ("--max-study-mb", int, "MiB accepted per study (default 4096)"),
-    ("--spool", Path, "spool folder: received instances, outputs, journal (default ./spool)"),
-    ("--inbox", Path, "watched folder for dropped DICOM files (default: none)"),
-    ("--quiet-seconds", float, "ready when all four sequences are present and quiet this long (default 10)"),
-    ("--stable-seconds", float, "ready anyway when quiet this long (default 60)"),
-    ("--forced-seconds", float, "ready at the latest this long after the first instance (default 3600)"),
-    ("--job-timeout", float, "seconds one job may run (default 1800)"),
-    ("--job-retries", int, "further attempts after a transient failure (default 2)"),
-    ("--destinations", str, "destination NAME=AET@HOST:PORT[+tls][+commit] (C-STORE, +commit: Storage Commitment "
-                            "required) or NAME=http(s)://HOST/dicom-web[+token=FILE] (STOW-RS), or a JSON list "
-                            "of mappings; repeat for several"),
-    ("--send-backoff", float, "first retry delay in seconds while a destination is down (default 5)"),
-    ("--send-backoff-max", float, "longest retry delay in seconds (default 600)"),
-    ("--commitment-timeout", float, "seconds to wait for a Storage Commitment report before sending again "
-                                    "(default 300)"),
-    ("--http-port", int, "web port: status page, /healthz, /metrics (default 8080; 0 = any free port)"),
-    ("--http-bind", str, "web address (default 127.0.0.1)"),
-    ("--retention-days", float, "delete spool files of finished jobs after this many days (default 7)"),
-    ("--tls-cert", Path, "PEM certificate: TLS on the SCP and on destinations marked +tls"),
-    ("--tls-key", Path, "PEM private key of --tls-cert"),
-    ("--tls-ca", Path, "PEM CA bundle to verify peers"),
-    ("--tls-require-client-cert", None, "SCP: require a client certificate signed by --tls-ca"),
-    ("--heartbeat-timeout", float, "a running job without a worker heartbeat this long is requeued (default 60)"),
-    ("--max-job-runs", int, "a job started this often without an outcome fails (default 10)"),
-    ("--retention-interval", float, "seconds between retention passes (default 10)"),
-    # node intake and security
-    ("--association-request-timeout", float, "seconds a new connection may take to send its A-ASSOCIATE-RQ "
-                                             "(TLS handshake included) before it is closed (default 5)"),
-    ("--max-associations-per-peer", int, "concurrent connections from one IP address (default 16)"),
-    ("--min-free-mb", int, "answer 0xA700 while the spool has less free space, in MiB (default 512)"),
-    ("--quarantine-mb", int, "MiB of refused instances kept in <spool>/quarantine (default 256)"),
-    ("--http-auth", None, "web pages need a token or basic auth; /healthz, /readyz stay open (default on)"),
-    ("--http-token", str, "bearer token (also the basic-auth password for any user); default: generated into "
-                          "<spool>/http-token"),
-    ("--http-user", str, "basic-auth user (with --http-password)"),
-    ("--http-password", str, "basic-auth password of --http-user (prefer SEGMAMBA_HTTP_PASSWORD)"),
-    ("--show-phi", None, "show patient ID, accession and previews on the web pages (default: masked, no previews)"),
-)
+    for name in names:
+        _add_setting(parser, name)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -116,12 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Sub-commands: 'python -m app demo --help' writes a synthetic study and segments it; "
             "'python -m app evaluate --help' scores the model on held-out synthetic studies through the DICOM path; "
             "'python -m app serve --help' runs the DICOM node (receive, segment, send back), with the settings "
-            + ", ".join(option for option, _type, _help in NODE_OPTIONS) + "."
+            + ", ".join(setting_option(name) for name in NODE_SETTINGS) + "."
         ),
     )
-    parser.add_argument("-i", "--input", type=Path, help="folder of DICOM files of one study (HOLOSCAN_INPUT_PATH)")
-    parser.add_argument("-o", "--output", type=Path, help="folder for the results (HOLOSCAN_OUTPUT_PATH)")
-    parser.add_argument("-w", "--workdir", type=Path, help="scratch folder (HOLOSCAN_WORKDIR)")
+    for name in BATCH_SETTINGS:
+        _add_setting(parser, name)
     _setting_options(parser)
     return parser
 
@@ -170,23 +126,13 @@ def build_serve_parser() -> argparse.ArgumentParser:
                     "study is segmented once, its DICOM outputs are sent to the destinations. Status page, /healthz "
                     "and /metrics on the web port.",
     )
-    _setting_options(parser)
-    for option, kind, text in NODE_OPTIONS:
-        if kind is None:
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif option == "--destinations":
-            parser.add_argument(option, action="append", help=text)
-        else:
-            parser.add_argument(option, type=kind, help=text)
+    _setting_options(parser, SHARED_SETTINGS + NODE_SETTINGS)
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("input", "output", "workdir", "models", "device", "precision", "reference_role", "series_rules",
-            "sw_batch_size", "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "log_format",
-            "logs", "output_sr", "output_rtstruct", "output_sc")
-    keys += tuple(option[2:].replace("-", "_") for option, _type, _help in NODE_OPTIONS)
-    return {key: getattr(args, key, None) for key in keys}
+    """The settings given on the command line (None: not given, or not an option of this command)."""
+    return {name: getattr(args, name, None) for name in SETTING_FIELDS}
 
 
 def _fail(error: BaseException, settings: Settings | None) -> int:

@@ -1,13 +1,18 @@
-"""One configuration object, read from app.yaml, then the environment, then the command line."""
+"""One configuration object, read from app.yaml, then the environment, then the command line.
+
+Each setting is declared once, as a field of ``Settings`` made by ``setting``: its default, its
+command-line help, and where they apply its minimum, its choices and its HOLOSCAN_* variable.
+The loader's conversions and the command line's options are derived from those fields."""
 
 from __future__ import annotations
 
 import os
 import re
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -16,40 +21,10 @@ from operators.precision import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_APP_YAML = REPO_ROOT / "app.yaml"
-
-# Environment variables that the MONAI Deploy runtime (MAP) sets, and the setting each fills.
-HOLOSCAN_ENV = {
-    "HOLOSCAN_INPUT_PATH": "input",
-    "HOLOSCAN_OUTPUT_PATH": "output",
-    "HOLOSCAN_MODEL_PATH": "models",
-    "HOLOSCAN_WORKDIR": "workdir",
-    "HOLOSCAN_LOGS_PATH": "logs",
-}
 ENV_PREFIX = "SEGMAMBA_"
-PATH_FIELDS = ("input", "output", "models", "workdir", "series_rules", "spool", "inbox", "tls_cert", "tls_key",
-               "tls_ca", "logs")
-OPTIONAL_FIELDS = ("series_rules", "sw_batch_size", "mirror_tta", "inbox", "tls_cert", "tls_key", "tls_ca",
-                   "http_token", "http_user", "http_password", "logs")
-LOG_FORMATS = ("text", "json")
-BOOL_FIELDS = ("mirror_tta", "progress", "tls_require_client_cert", "http_auth", "show_phi", "output_sr",
-               "output_rtstruct", "output_sc")
-# Node settings: (minimum) per number; ints and floats both must be >= their minimum.
-INT_FIELDS = {"sw_batch_size": 1, "port": 1, "http_port": 0, "job_retries": 0, "max_associations": 1,
-              "max_study_instances": 1, "max_study_mb": 1,
-              # node intake and security
-              "max_associations_per_peer": 1, "min_free_mb": 0, "quarantine_mb": 0}
-FLOAT_FIELDS = {"quiet_seconds": 0.0, "stable_seconds": 0.0, "forced_seconds": 0.0, "job_timeout": 1.0,
-                "send_backoff": 0.01, "send_backoff_max": 0.01, "retention_days": 0.0,
-                # node intake and security
-                "association_request_timeout": 0.1,
-                # delivery: seconds to wait for a Storage Commitment report before resending
-                "commitment_timeout": 1.0}
-# --- node core safety (health, heartbeats, retention): minimums of its settings ---
-INT_FIELDS.update({"max_job_runs": 1})
-FLOAT_FIELDS.update({"heartbeat_timeout": 1.0, "retention_interval": 0.1})
-# --- end node core safety ---
 ROLES = ("t1n", "t1c", "t2w", "t2f")
 STEP_SWITCHES = ("card", "on", "off")  # registration / brain_extraction: the card's choice, or forced
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DESTINATION_KEYS = ("name", "type", "ae_title", "host", "port", "tls", "url", "token_file", "storage_commitment")
 DESTINATION_TYPES = ("dimse", "stow")
 
@@ -58,100 +33,152 @@ class ConfigError(ConfigurationError, ValueError):
     """A setting with a value that cannot be used."""
 
 
+def setting(default: Any, help: str, *, minimum: float | None = None, choices: tuple[str, ...] = (),
+            fold_case: bool = False, check_choices: bool = True, env: str | None = None) -> Any:
+    """A Settings field. ``help`` (the option's help; ``{default}`` and ``{env}`` are filled in),
+    ``minimum`` of a number, ``choices`` of a text (checked by the loader unless ``check_choices``
+    is false, after lower-casing if ``fold_case``), ``env``: the MONAI Deploy variable that sets it."""
+    text = help.format(default=default, env=env)
+    return field(default=default, metadata={"help": text, "minimum": minimum, "choices": choices,
+                                            "fold_case": fold_case, "check_choices": check_choices, "env": env})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings of the application (see app.yaml for their meaning)."""
 
-    input: Path = Path("input")
-    output: Path = Path("output")
-    models: Path = REPO_ROOT / "models"
-    workdir: Path = Path(".")
-    device: str = "auto"
-    precision: str = "auto"
-    reference_role: str = "t1c"
-    series_rules: Path | None = None
-    sw_batch_size: int | None = None
-    mirror_tta: bool | None = None
-    registration: str = "card"
-    brain_extraction: str = "card"
-    progress: bool = True
-    log_level: str = "INFO"
-    log_format: str = "text"
-    logs: Path | None = None
+    input: Path = setting(Path("input"), "folder of DICOM files of one study ({env})", env="HOLOSCAN_INPUT_PATH")
+    output: Path = setting(Path("output"), "folder for the results ({env})", env="HOLOSCAN_OUTPUT_PATH")
+    models: Path = setting(REPO_ROOT / "models", "model folder, or a folder holding one ({env})",
+                           env="HOLOSCAN_MODEL_PATH")
+    workdir: Path = setting(Path("."), "scratch folder ({env})", env="HOLOSCAN_WORKDIR")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (default auto: CUDA when available)")
+    precision: str = setting("auto", "network arithmetic (default auto: card, else bfloat16 on a BF16 CPU, float16 "
+                                     "on CUDA)", choices=PRECISIONS)
+    reference_role: str = setting("t1c", "series whose grid the SEG is drawn on (default {default})", choices=ROLES)
+    series_rules: Path | None = setting(None, "series selection rules JSON (MONAI Deploy selector format)")
+    sw_batch_size: int | None = setting(None, "sliding windows per forward pass (default: model card)", minimum=1)
+    mirror_tta: bool | None = setting(None, "8-way mirroring test-time augmentation (default: model card)")
+    registration: str = setting("card", "rigid registration of every series onto the reference (default: model "
+                                        "card)", choices=STEP_SWITCHES, fold_case=True)
+    brain_extraction: str = setting("card", "deepbet brain mask applied to every channel (default: model card)",
+                                    choices=STEP_SWITCHES, fold_case=True)
+    progress: bool = setting(True, "progress bar during inference (default on)")
+    # the loader leaves log_level unchecked (any name of the logging module), the command line offers these
+    log_level: str = setting("INFO", "default {default}", choices=LOG_LEVELS, check_choices=False)
+    log_format: str = setting("text", "text, or JSON lines with study_uid and job_id for log collectors (default "
+                                      "{default})", choices=("text", "json"), fold_case=True)
+    logs: Path | None = setting(None, "folder for log files beside stderr (default: ${env}, else none)",
+                                env="HOLOSCAN_LOGS_PATH")
     # DICOM outputs besides the SEG (each its own series in the study; listed in report.json "outputs")
-    output_sr: bool = True
-    output_rtstruct: bool = False
-    output_sc: bool = False
+    output_sr: bool = setting(True, "TID 1500 SR of the volumes, measurement-report.dcm (default on)")
+    output_rtstruct: bool = setting(False, "RT Structure Set of the contours, rtstruct.dcm (default off)")
+    output_sc: bool = setting(False, "Secondary Capture overlay series, overlay/*.dcm (default off)")
     # The DICOM node (``python -m app serve``); see app.yaml for each setting's meaning.
-    ae_title: str = "SEGMAMBA"
-    port: int = 11112
-    bind_address: str = "127.0.0.1"
-    allowed_calling_aes: tuple[str, ...] = ()
-    max_associations: int = 32
-    max_study_instances: int = 10000
-    max_study_mb: int = 4096
-    spool: Path = Path("spool")
-    inbox: Path | None = None
-    quiet_seconds: float = 10.0
-    stable_seconds: float = 60.0
-    forced_seconds: float = 3600.0
-    job_timeout: float = 1800.0
-    job_retries: int = 2
-    destinations: tuple[Mapping[str, Any], ...] = ()
-    send_backoff: float = 5.0
-    send_backoff_max: float = 600.0
-    commitment_timeout: float = 300.0
-    http_port: int = 8080
-    http_bind: str = "127.0.0.1"
-    retention_days: float = 7.0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    tls_require_client_cert: bool = False
+    ae_title: str = setting("SEGMAMBA", "our AE title (default {default})")
+    port: int = setting(11112, "DICOM port of the Storage SCP (default {default})", minimum=1)
+    bind_address: str = setting("127.0.0.1", "address the SCP listens on (default {default})")
+    allowed_calling_aes: tuple[str, ...] = setting((), "comma-separated calling AE titles accepted (default: any)")
+    max_associations: int = setting(32, "concurrent associations (default {default})", minimum=1)
+    max_study_instances: int = setting(10000, "instances accepted per study (default {default})", minimum=1)
+    max_study_mb: int = setting(4096, "MiB accepted per study (default {default})", minimum=1)
+    spool: Path = setting(Path("spool"), "spool folder: received instances, outputs, journal (default ./{default})")
+    inbox: Path | None = setting(None, "watched folder for dropped DICOM files (default: none)")
+    quiet_seconds: float = setting(10.0, "ready when all four sequences are present and quiet this long (default "
+                                         "{default:g})", minimum=0.0)
+    stable_seconds: float = setting(60.0, "ready anyway when quiet this long (default {default:g})", minimum=0.0)
+    forced_seconds: float = setting(3600.0, "ready at the latest this long after the first instance (default "
+                                            "{default:g})", minimum=0.0)
+    job_timeout: float = setting(1800.0, "seconds one job may run (default {default:g})", minimum=1.0)
+    job_retries: int = setting(2, "further attempts after a transient failure (default {default})", minimum=0)
+    destinations: tuple[Mapping[str, Any], ...] = setting(
+        (), "destination NAME=AET@HOST:PORT[+tls][+commit] (C-STORE, +commit: Storage Commitment required) or "
+            "NAME=http(s)://HOST/dicom-web[+token=FILE] (STOW-RS), or a JSON list of mappings; repeat for several")
+    send_backoff: float = setting(5.0, "first retry delay in seconds while a destination is down (default "
+                                       "{default:g})", minimum=0.01)
+    send_backoff_max: float = setting(600.0, "longest retry delay in seconds (default {default:g})", minimum=0.01)
+    # delivery: seconds to wait for a Storage Commitment report before resending
+    commitment_timeout: float = setting(300.0, "seconds to wait for a Storage Commitment report before sending "
+                                               "again (default {default:g})", minimum=1.0)
+    http_port: int = setting(8080, "web port: status page, /healthz, /metrics (default {default}; 0 = any free "
+                                   "port)", minimum=0)
+    http_bind: str = setting("127.0.0.1", "web address (default {default})")
+    retention_days: float = setting(7.0, "delete spool files of finished jobs after this many days (default "
+                                         "{default:g})", minimum=0.0)
+    tls_cert: Path | None = setting(None, "PEM certificate: TLS on the SCP and on destinations marked +tls")
+    tls_key: Path | None = setting(None, "PEM private key of --tls-cert")
+    tls_ca: Path | None = setting(None, "PEM CA bundle to verify peers")
+    tls_require_client_cert: bool = setting(False, "SCP: require a client certificate signed by --tls-ca")
     # --- node core safety (health, heartbeats, retention); see app.yaml ---
-    heartbeat_timeout: float = 60.0
-    max_job_runs: int = 10
-    retention_interval: float = 10.0
+    heartbeat_timeout: float = setting(60.0, "a running job without a worker heartbeat this long is requeued "
+                                             "(default {default:g})", minimum=1.0)
+    max_job_runs: int = setting(10, "a job started this often without an outcome fails (default {default})",
+                                minimum=1)
+    retention_interval: float = setting(10.0, "seconds between retention passes (default {default:g})", minimum=0.1)
     # --- end node core safety ---
     # --- node intake and security (issue 13, part 2): starvation, web access, PHI, quarantine ---
-    association_request_timeout: float = 5.0
-    max_associations_per_peer: int = 16
-    min_free_mb: int = 512
-    quarantine_mb: int = 256
-    http_auth: bool = True
-    http_token: str | None = None
-    http_user: str | None = None
-    http_password: str | None = None
-    show_phi: bool = False
+    association_request_timeout: float = setting(
+        5.0, "seconds a new connection may take to send its A-ASSOCIATE-RQ (TLS handshake included) before it is "
+             "closed; also pynetdicom's ACSE timeout (default {default:g})", minimum=0.1)
+    dicom_network_timeout: float = setting(60.0, "seconds an association may stay silent before the SCP aborts it "
+                                                 "(pynetdicom network timeout, default {default:g})", minimum=1.0)
+    dicom_dimse_timeout: float = setting(60.0, "seconds the SCP waits for a DIMSE message of an association "
+                                               "(pynetdicom DIMSE timeout, default {default:g})", minimum=1.0)
+    max_associations_per_peer: int = setting(16, "concurrent connections from one IP address (default {default})",
+                                             minimum=1)
+    min_free_mb: int = setting(512, "answer 0xA700 while the spool has less free space, in MiB (default "
+                                    "{default})", minimum=0)
+    quarantine_mb: int = setting(256, "MiB of refused instances kept in <spool>/quarantine (default {default})",
+                                 minimum=0)
+    http_auth: bool = setting(True, "web pages need a token or basic auth; /healthz, /readyz stay open (default "
+                                    "on)")
+    http_token: str | None = setting(None, "bearer token (also the basic-auth password for any user); default: "
+                                           "generated into <spool>/http-token")
+    http_user: str | None = setting(None, "basic-auth user (with --http-password)")
+    http_password: str | None = setting(None, "basic-auth password of --http-user (prefer SEGMAMBA_HTTP_PASSWORD)")
+    show_phi: bool = setting(False, "show patient ID, accession and previews on the web pages (default: masked, no "
+                                    "previews)")
+
+
+DEFAULTS: Final = Settings()
+SETTING_FIELDS: Final[dict[str, Field[Any]]] = {f.name: f for f in fields(Settings)}
+
+
+def _kind(hint: Any) -> tuple[type, bool]:
+    """The value type of an annotation (``tuple`` for tuples) and whether it admits None."""
+    union = get_origin(hint) in (Union, types.UnionType)
+    args = [arg for arg in get_args(hint) if arg is not type(None)] if union else [hint]
+    base = args[0]
+    return get_origin(base) or base, union and len(args) < len(get_args(hint))
+
+
+KINDS: Final[dict[str, tuple[type, bool]]] = {name: _kind(hint) for name, hint in get_type_hints(Settings).items()}
+# Environment variables that the MONAI Deploy runtime (MAP) sets, and the setting each fills.
+HOLOSCAN_ENV: Final = {f.metadata["env"]: name for name, f in SETTING_FIELDS.items() if f.metadata["env"]}
 
 
 def _convert(name: str, value: Any, base: Path) -> Any:
     """Parse a raw value (YAML, environment string or CLI) into the field's type."""
-    if name in ("destinations", "allowed_calling_aes") and not value:
+    kind, optional = KINDS[name]
+    meta = SETTING_FIELDS[name].metadata
+    if kind is tuple and not value:
         return ()
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
-        if name in OPTIONAL_FIELDS:
+        if optional:
             return None
         raise ConfigError(f"setting {name!r} needs a value")
-    if name in PATH_FIELDS:
+    if kind is Path:
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else base / path
-    if name in BOOL_FIELDS:
+    if kind is bool:
         return _boolean(name, value)
-    if name in INT_FIELDS or name in FLOAT_FIELDS:
+    if kind in (int, float):
         return _number(name, value)
-    if name == "log_format" and str(value).strip().lower() not in LOG_FORMATS:
-        raise ConfigError(f"setting 'log_format' must be one of {LOG_FORMATS}, got {value!r}")
-    if name == "log_format":
-        return str(value).strip().lower()
-    if name == "reference_role" and value not in ROLES:
-        raise ConfigError(f"setting 'reference_role' must be one of {ROLES}, got {value!r}")
-    if name in ("registration", "brain_extraction") and str(value).strip().lower() not in STEP_SWITCHES:
-        raise ConfigError(f"setting {name!r} must be one of {STEP_SWITCHES}, got {value!r}")
-    if name in ("registration", "brain_extraction"):
-        return str(value).strip().lower()
-    if name == "precision" and value not in PRECISIONS:
-        raise ConfigError(f"setting 'precision' must be one of {PRECISIONS}, got {value!r}")
+    if meta["choices"] and meta["check_choices"]:
+        choice = str(value).strip().lower() if meta["fold_case"] else value
+        if choice not in meta["choices"]:
+            raise ConfigError(f"setting {name!r} must be one of {meta['choices']}, got {value!r}")
+        return str(choice)
     if name == "allowed_calling_aes":
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(item).strip() for item in items if str(item).strip())
@@ -174,7 +201,8 @@ def _boolean(name: str, value: Any) -> bool:
 
 
 def _number(name: str, value: Any) -> int | float:
-    kind, minimum = (int, INT_FIELDS[name]) if name in INT_FIELDS else (float, FLOAT_FIELDS[name])
+    """A number setting at or above its minimum (every number setting declares one)."""
+    kind, minimum = KINDS[name][0], SETTING_FIELDS[name].metadata["minimum"]
     words = "a positive integer" if kind is int and minimum == 1 else f"a number >= {minimum}"
     try:
         number = kind(value)
@@ -283,7 +311,7 @@ def load_settings(
         settings = _apply(settings, from_file, cwd, str(app_yaml))
         if models is not None:
             settings = _apply(settings, {"models": models}, app_yaml.parent, str(app_yaml))
-    from_env = {field: environ[var] for var, field in HOLOSCAN_ENV.items() if environ.get(var)}
+    from_env = {name: environ[var] for var, name in HOLOSCAN_ENV.items() if environ.get(var)}
     for f in fields(Settings):
         if ENV_PREFIX + f.name.upper() in environ:
             from_env[f.name] = environ[ENV_PREFIX + f.name.upper()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.config import DEFAULT_APP_YAML, ConfigError, Settings, load_settings
+from app.config import DEFAULT_APP_YAML, KINDS, ConfigError, Settings, load_settings
 
 
 def write_yaml(folder: Path, body: str) -> Path:
@@ -94,3 +94,65 @@ def test_destinations_from_yaml_environment_and_cli(tmp_path: Path) -> None:
 def test_bad_destinations_are_named(tmp_path: Path, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write_yaml(tmp_path, ""), environ={"SEGMAMBA_DESTINATIONS": value}, cwd=tmp_path)
+
+
+# --- each setting declared once: its help, bounds and choices drive the loader and the command line ---
+
+
+def test_every_setting_has_its_help_on_the_command_line() -> None:
+    from app.cli import build_parser, build_serve_parser
+
+    options = {action.dest: action for parser in (build_parser(), build_serve_parser()) for action in parser._actions}
+    for f in fields(Settings):
+        assert f.metadata["help"], f"{f.name} has no help"
+        assert options[f.name].help == f.metadata["help"], f.name
+        assert tuple(options[f.name].choices or ()) == f.metadata["choices"], f.name
+        if KINDS[f.name][0] in (int, float):
+            assert f.metadata["minimum"] is not None, f"number setting {f.name} has no minimum"
+
+
+def test_component_defaults_are_the_settings_defaults() -> None:
+    from app.node.completion import CompletionPolicy
+    from app.node.receive.intake import Limits
+    from app.node.receive.storage_scp import ScpConfig
+
+    assert ScpConfig() == ScpConfig.from_settings(Settings())
+    assert CompletionPolicy() == CompletionPolicy.from_settings(Settings())
+    assert Limits() == Limits.from_settings(Settings())
+
+
+def test_dicom_timeouts_reach_the_association_entity(tmp_path: Path) -> None:
+    from app.node.receive.intake import Intake
+    from app.node.receive.storage_scp import ScpConfig, StorageSCP
+    from app.node.state.journal import Journal
+    from app.node.state.spool import Spool
+
+    default = Settings()
+    assert (default.dicom_network_timeout, default.dicom_dimse_timeout) == (60.0, 60.0)  # as hard-coded before
+    env = {"SEGMAMBA_DICOM_NETWORK_TIMEOUT": "90", "SEGMAMBA_DICOM_DIMSE_TIMEOUT": "45.5",
+           "SEGMAMBA_ASSOCIATION_REQUEST_TIMEOUT": "7"}
+    settings = load_settings(write_yaml(tmp_path, ""), environ=env, cwd=tmp_path)
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.journal_path)
+    try:
+        ae = StorageSCP(ScpConfig.from_settings(settings), Intake(spool, journal)).ae
+        assert (ae.network_timeout, ae.dimse_timeout, ae.acse_timeout) == (90.0, 45.5, 7.0)
+    finally:
+        journal.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [("dicom_network_timeout", "0.5", "setting 'dicom_network_timeout' must be a number >= 1.0, got '0.5'"),
+     ("dicom_dimse_timeout", "soon", "setting 'dicom_dimse_timeout' must be a number >= 1.0, got 'soon'"),
+     ("max_associations", "0", "setting 'max_associations' must be a positive integer, got '0'"),
+     ("http_port", "-1", "setting 'http_port' must be a number >= 0, got '-1'"),
+     ("send_backoff", "0", "setting 'send_backoff' must be a number >= 0.01, got '0'"),
+     ("log_format", "xml", "setting 'log_format' must be one of ('text', 'json'), got 'xml'"),
+     ("registration", "maybe", "setting 'registration' must be one of ('card', 'on', 'off'), got 'maybe'"),
+     ("port", "", "setting 'port' needs a value")],
+)
+def test_values_outside_a_setting_are_refused(tmp_path: Path, name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_yaml(tmp_path, ""), environ={"SEGMAMBA_" + name.upper(): value}, cwd=tmp_path)
+    assert str(caught.value) == message

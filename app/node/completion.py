@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from app.config import DEFAULTS, Settings
 from app.node.state.journal import Journal
 from operators.errors import StudyError, one_line
 from operators.series_selection import SeriesSelectionError, select_series
@@ -46,11 +47,16 @@ SPACING_TOLERANCE = 1.5  # a step this many times the typical slice step is a ga
 
 @dataclass(frozen=True)
 class CompletionPolicy:
-    """Seconds of the three completion rules."""
+    """Seconds of the three completion rules (defaults: the settings' defaults)."""
 
-    quiet: float = 10.0
-    stable: float = 60.0
-    forced: float = 3600.0
+    quiet: float = DEFAULTS.quiet_seconds
+    stable: float = DEFAULTS.stable_seconds
+    forced: float = DEFAULTS.forced_seconds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CompletionPolicy:
+        """The policy of quiet_seconds, stable_seconds and forced_seconds."""
+        return cls(settings.quiet_seconds, settings.stable_seconds, settings.forced_seconds)
 
 
 @dataclass(frozen=True)

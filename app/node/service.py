@@ -112,12 +112,10 @@ class Node:
         self.spool = Spool(settings.spool)
         self.journal = Journal(self.spool.journal_path)
         self.metrics = NodeMetrics(self.journal)
-        self.intake = _CountingIntake(self.spool, self.journal, Limits(
-            settings.max_study_instances, settings.max_study_mb << 20, settings.min_free_mb << 20,
-            settings.quarantine_mb << 20), metrics=self.metrics)
+        self.intake = _CountingIntake(self.spool, self.journal, Limits.from_settings(settings), metrics=self.metrics)
         self.inbox = Inbox(settings.inbox, self.intake) if settings.inbox else None
-        self.completion = CompletionChecker(self.journal, CompletionPolicy(
-            settings.quiet_seconds, settings.stable_seconds, settings.forced_seconds), settings.series_rules)
+        self.completion = CompletionChecker(self.journal, CompletionPolicy.from_settings(settings),
+                                            settings.series_rules)
         destinations = [Destination.from_dict(d) for d in settings.destinations]
         self.executor = JobExecutor(settings)
         self.worker = Worker(self.journal, self.spool, self.executor, destinations, settings.job_timeout,
@@ -128,12 +126,9 @@ class Node:
                                    settings.send_backoff_max, client_tls,
                                    on_event=lambda kind, name: self.metrics.sends.labels(name, kind).inc(),
                                    commitment_timeout=settings.commitment_timeout, https_ca=settings.tls_ca)
-        self.scp = StorageSCP(ScpConfig(
-            settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
-            settings.max_associations,
-            scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert),
-            settings.association_request_timeout, settings.max_associations_per_peer,
-        ), self.intake, on_commitment=self.sender.on_commitment_report)
+        tls = scp_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_require_client_cert)
+        self.scp = StorageSCP(ScpConfig.from_settings(settings, tls), self.intake,
+                              on_commitment=self.sender.on_commitment_report)
         self.web = NodeWebServer(self.journal, self.metrics.registry, self.health, settings.http_bind,
                                  settings.http_port, f"SegMamba node {settings.ae_title}", ready=self.readiness,
                                  access=web_access(settings, self.spool.root))

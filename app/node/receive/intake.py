@@ -37,6 +37,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from app.config import DEFAULTS, Settings
 from app.node.receive.quarantine import Quarantine
 from app.node.state.journal import InstanceRecord, Journal
 from app.node.state.spool import Spool, UnsafeUID, checked_uid
@@ -80,10 +81,16 @@ class IntakeResult:
 class Limits:
     """How much one study may bring, how much disk the intake leaves free, how much it quarantines."""
 
-    max_instances: int = 10000
-    max_bytes: int = 4096 << 20
-    min_free_bytes: int = 0
-    quarantine_bytes: int = 256 << 20
+    max_instances: int = DEFAULTS.max_study_instances
+    max_bytes: int = DEFAULTS.max_study_mb << 20
+    min_free_bytes: int = DEFAULTS.min_free_mb << 20
+    quarantine_bytes: int = DEFAULTS.quarantine_mb << 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits of max_study_instances, max_study_mb, min_free_mb and quarantine_mb (MiB to bytes)."""
+        return cls(settings.max_study_instances, settings.max_study_mb << 20, settings.min_free_mb << 20,
+                   settings.quarantine_mb << 20)
 
 
 @dataclass(frozen=True)

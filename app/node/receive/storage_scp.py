@@ -38,6 +38,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from app.config import DEFAULTS, Settings
 from app.node.receive.intake import CANNOT_UNDERSTAND, Expected, Intake, comment_text
 from app.node.send.storage_commitment import CommitmentReport, report_handler
 from operators.errors import ConfigurationError
@@ -47,16 +48,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScpConfig:
-    """Where and for whom the SCP listens."""
+    """Where and for whom the SCP listens, and how long it waits (defaults: the settings' defaults)."""
 
-    ae_title: str = "SEGMAMBA"
-    port: int = 11112
-    bind_address: str = "127.0.0.1"
-    allowed_calling_aes: Sequence[str] = ()
-    max_associations: int = 32
+    ae_title: str = DEFAULTS.ae_title
+    port: int = DEFAULTS.port
+    bind_address: str = DEFAULTS.bind_address
+    allowed_calling_aes: Sequence[str] = DEFAULTS.allowed_calling_aes
+    max_associations: int = DEFAULTS.max_associations
     ssl_context: ssl.SSLContext | None = None
-    request_timeout: float = 5.0  # seconds until the A-ASSOCIATE-RQ (TLS handshake included)
-    max_per_peer: int = 16  # concurrent connections from one IP address
+    request_timeout: float = DEFAULTS.association_request_timeout  # until the A-ASSOCIATE-RQ (TLS handshake too)
+    max_per_peer: int = DEFAULTS.max_associations_per_peer  # concurrent connections from one IP address
+    network_timeout: float = DEFAULTS.dicom_network_timeout  # pynetdicom: an association silent this long is aborted
+    dimse_timeout: float = DEFAULTS.dicom_dimse_timeout  # pynetdicom: the wait for a DIMSE message
+
+    @classmethod
+    def from_settings(cls, settings: Settings, ssl_context: ssl.SSLContext | None = None) -> ScpConfig:
+        """The SCP of the node's settings, with ``ssl_context`` (see ``scp_ssl_context``)."""
+        return cls(settings.ae_title, settings.port, settings.bind_address, settings.allowed_calling_aes,
+                   settings.max_associations, ssl_context, settings.association_request_timeout,
+                   settings.max_associations_per_peer, settings.dicom_network_timeout, settings.dicom_dimse_timeout)
 
 
 def _readable(path: Path, what: str) -> None:
@@ -158,8 +168,8 @@ class _GuardedHandler(RequestHandler):
 class _GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with a per-peer connection limit and lazy TLS handshakes."""
 
-    request_timeout = 5.0
-    max_per_peer = 16
+    request_timeout = ScpConfig.request_timeout  # both set from the ScpConfig on start
+    max_per_peer = ScpConfig.max_per_peer
     max_pending = 256  # silent connections in all (each holds a thread until the request timeout)
     daemon_threads = True  # stopping never waits for a silent connection's timeout
 
@@ -208,9 +218,9 @@ class StorageSCP:
         ae.maximum_associations = config.max_associations
         ae.require_calling_aet = list(config.allowed_calling_aes)
         ae.require_called_aet = True
-        ae.network_timeout = 60
+        ae.network_timeout = config.network_timeout
         ae.acse_timeout = config.request_timeout  # the wait for A-ASSOCIATE-RQ (and A-RELEASE)
-        ae.dimse_timeout = 60
+        ae.dimse_timeout = config.dimse_timeout
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
