@@ -3,6 +3,7 @@ dcmtk/pynetdicom as modalities, and small synthetic studies."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -60,6 +61,21 @@ def http_json(url: str, token: str = "") -> Any:
             return json.loads(response.read())
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+
+
+def http_get(url: str, authorization: str = "") -> tuple[int, dict[str, str], bytes]:
+    """GET ``url``: (status, headers, body), also for error answers (401, 404, 503)."""
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` header value for HTTP basic authentication."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def write_small_study(folder: Path, seed: int, roles: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")) -> Any:

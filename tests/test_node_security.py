@@ -3,15 +3,12 @@ cannot starve intake, web authentication, security headers, PHI masking, no Pati
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +28,7 @@ from app.node.state.journal import InstanceRecord, Journal
 from app.node.state.spool import Spool
 from app.node.web import NodeWebServer, WebAccess, mask, web_access
 from operators.errors import ConfigurationError
-from tests.node_peers import REPO, free_port, write_small_study
+from tests.node_peers import REPO, basic_auth, free_port, http_get, write_small_study
 
 PATIENT_ID, ACCESSION, PATIENT_NAME = "PID-4471-0923", "ACC-99812", "Doe^Jane"
 
@@ -252,17 +249,7 @@ def _server(journal: Journal, access: WebAccess) -> NodeWebServer:
 
 
 def _get(server: NodeWebServer, path: str, authorization: str = "") -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
-                                     headers={"Authorization": authorization} if authorization else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return http_get(f"http://127.0.0.1:{server.port}{path}", authorization)
 
 
 def test_web_pages_need_authentication_and_send_security_headers(web_journal: Journal) -> None:
@@ -272,10 +259,10 @@ def test_web_pages_need_authentication_and_send_security_headers(web_journal: Jo
             code, headers, _body = _get(server, path)
             assert code == 401, path
             assert 'Basic realm="SegMamba node"' in headers["WWW-Authenticate"]
-        for authorization in ("Bearer wrong", _basic("ops", "nope"), _basic("x", "s3cret-tokenX"), "Basic !!",
+        for authorization in ("Bearer wrong", basic_auth("ops", "nope"), basic_auth("x", "s3cret-tokenX"), "Basic !!",
                               "s3cret-token"):
             assert _get(server, "/api/jobs", authorization)[0] == 401, authorization
-        for authorization in ("Bearer s3cret-token", _basic("ops", "pw"), _basic("anyone", "s3cret-token")):
+        for authorization in ("Bearer s3cret-token", basic_auth("ops", "pw"), basic_auth("anyone", "s3cret-token")):
             assert _get(server, "/api/jobs", authorization)[0] == 200, authorization
         assert _get(server, "/healthz")[0] == 200, "the liveness probe stays open"
         code, headers, body = _get(server, "/", "Bearer s3cret-token")
