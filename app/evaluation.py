@@ -294,7 +294,7 @@ def run_evaluation(settings: Settings, cases: int, seed: int, out_dir: Path, ana
 
     out_dir.mkdir(parents=True, exist_ok=True)
     card, segmenter = load_model(settings)
-    label_values = [int(entry["label"]) for entry in card.labels]
+    label_values = [entry.label for entry in card.labels]
 
     def process(input_dir: Path, output_dir: Path) -> Path:
         files, _ = process_study(settings, card, segmenter, input_dir, output_dir)

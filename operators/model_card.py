@@ -1,6 +1,8 @@
 """The model folder: weights plus a model card (``metadata.json``, MONAI bundle-style metadata).
 
-Everything model-specific lives in the card, nothing in the operators::
+Everything model-specific lives in the card, nothing in the operators. Its schema is segmamba/card.py
+(the exporter writes through it); this loader parses with it, checks the values and fills each
+label's DICOM ``type`` from operators/label_codes.py when the card gives none::
 
     {
       "name": "...", "version": "...", "description": "...", "intended_use": "...",
@@ -10,7 +12,7 @@ Everything model-specific lives in the card, nothing in the operators::
                         "min_head_coverage": 0.9},
       "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
                     "sw_batch_size": 1, "mirror_tta": false, "precision": "auto"},
-      "labels": [{"label": 1, "name": ..., "type": {"scheme", "value", "meaning"}, "color": [r, g, b]}, ...],
+      "labels": [{"label": 1, "name": ..., "key": "necrotic_core", "color": [r, g, b]}, ...],
       "postprocessing": {"min_tumour_ml": 0.0},
       "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
     }
@@ -20,6 +22,8 @@ every series (operators.model_input.Coverage), the log warns and report.json car
 ``inference.precision`` (auto | float32 | bfloat16 | float16, default auto; operators.precision):
 the arithmetic the network runs in; a card whose model is not accurate enough in reduced precision says float32.
 ``postprocessing.min_tumour_ml`` removes whole-tumour components smaller than this (mL); 0 keeps all.
+A label's ``type`` ({"scheme", "value", "meaning"}; optional ``category`` alike) is the segmented
+property the SEG codes; without one, its ``key`` names a row of operators/label_codes.py.
 
 ``input_convention`` (optional) declares the input convention the network was trained on
 (orientation, spacing, registration, brain extraction, atlas; operators/input_convention.py). A card
@@ -33,22 +37,19 @@ sub-folder (as HOLOSCAN_MODEL_PATH=/opt/holoscan/models holds named model folder
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from operators.errors import ConfigurationError
 from operators.input_convention import ConventionError, InputConvention, legacy_convention, parse_convention
+from operators.label_codes import coded_label
 from operators.precision import PRECISIONS
+from segmamba.card import CARD_NAME, InferenceSettings, Label, Postprocessing, Preprocessing, read_card
 
-CARD_NAME = "metadata.json"
 ROLES = ("t1n", "t1c", "t2w", "t2f")
 NORMALIZATIONS = ("zscore_nonzero", "none")
 NETWORK_TYPES = ("segmamba", "threshold")
-# Part of the head (model grid) that every series must cover before report and log warn: complete
-# clinical protocols measure >= 0.97 (tilted 2D series miss corners), a 48 mm slab about 0.3.
-DEFAULT_MIN_HEAD_COVERAGE = 0.9
 
 
 class ModelCardError(ConfigurationError, ValueError):
@@ -56,37 +57,8 @@ class ModelCardError(ConfigurationError, ValueError):
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """How the 4-channel input is prepared on the model grid."""
-
-    spacing_mm: float = 1.0
-    crop_foreground: bool = True
-    normalize: str = "zscore_nonzero"
-    min_head_coverage: float = DEFAULT_MIN_HEAD_COVERAGE
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """Sliding-window inference parameters (MONAI sliding_window_inference)."""
-
-    roi_size: tuple[int, int, int] = (128, 128, 128)
-    overlap: float = 0.5
-    mode: str = "gaussian"
-    sw_batch_size: int = 1
-    mirror_tta: bool = False
-    precision: str = "auto"
-
-
-@dataclass(frozen=True)
-class Postprocessing:
-    """Clean-up of the predicted labels on the model grid."""
-
-    min_tumour_ml: float = 0.0
-
-
-@dataclass(frozen=True)
 class ModelCard:
-    """A parsed model card and the folder it came from."""
+    """A parsed model card and the folder it came from; labels carry their DICOM ``type``."""
 
     folder: Path
     name: str
@@ -97,7 +69,7 @@ class ModelCard:
     channel_order: tuple[str, ...]
     preprocessing: Preprocessing
     inference: InferenceSettings
-    labels: tuple[dict[str, Any], ...]
+    labels: tuple[Label, ...]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     input_convention: InputConvention | None = None  # None: the card has no ``input_convention`` block
@@ -120,11 +92,11 @@ class ModelCard:
 
     @property
     def label_names(self) -> dict[int, str]:
-        return {int(entry["label"]): str(entry["name"]) for entry in self.labels}
+        return {int(entry.label): str(entry.name) for entry in self.labels}
 
     @property
     def label_colours(self) -> dict[int, tuple[int, int, int]]:
-        return {int(entry["label"]): tuple(int(c) for c in entry["color"]) for entry in self.labels}  # type: ignore[misc]
+        return {int(entry.label): tuple(int(c) for c in entry.color) for entry in self.labels}  # type: ignore[misc]
 
 
 def find_model_folder(path: Path) -> Path:
@@ -140,69 +112,48 @@ def find_model_folder(path: Path) -> Path:
     return candidates[0]
 
 
-def _require(card: dict[str, Any], key: str, kind: type, where: Path) -> Any:
-    if key not in card or not isinstance(card[key], kind):
-        raise ModelCardError(f"{where}: '{key}' is missing or not a {kind.__name__}")
-    return card[key]
-
-
 def load_model_card(path: Path) -> ModelCard:
     """Read and validate the model card of a model folder."""
     folder = find_model_folder(Path(path))
     card_path = folder / CARD_NAME
     try:
-        card = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelCardError(f"{card_path}: cannot read the model card ({error})") from error
-    network = _require(card, "network", dict, card_path)
-    if network.get("type") not in NETWORK_TYPES:
+        card = read_card(folder)
+        labels = tuple(coded_label(entry) for entry in card.labels)
+    except ValueError as error:  # CardError, or a label without a code
+        raise ModelCardError(f"{card_path}: {error}") from error
+    if card.network.type not in NETWORK_TYPES:
         raise ModelCardError(f"{card_path}: network.type must be one of {NETWORK_TYPES}")
-    channel_order = tuple(_require(card, "channel_order", list, card_path))
-    if sorted(channel_order) != sorted(ROLES):
-        raise ModelCardError(f"{card_path}: channel_order must list each of {ROLES} once, got {channel_order}")
-    try:
-        preprocessing = Preprocessing(**card.get("preprocessing", {}))
-    except TypeError as error:
-        raise ModelCardError(f"{card_path}: preprocessing: {error}") from error
+    if sorted(card.channel_order) != sorted(ROLES):
+        raise ModelCardError(f"{card_path}: channel_order must list each of {ROLES} once, got {card.channel_order}")
+    preprocessing = card.preprocessing
     if preprocessing.normalize not in NORMALIZATIONS:
         raise ModelCardError(f"{card_path}: preprocessing.normalize must be one of {NORMALIZATIONS}")
     minimum = preprocessing.min_head_coverage
     if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0.0 <= minimum <= 1.0:
         raise ModelCardError(f"{card_path}: preprocessing.min_head_coverage must be a number from 0 to 1")
-    inference_fields = dict(card.get("inference", {}))
-    if "roi_size" in inference_fields:
-        inference_fields["roi_size"] = tuple(inference_fields["roi_size"])
-    if inference_fields.get("precision", "auto") not in PRECISIONS:
+    if card.inference.precision not in PRECISIONS:
         raise ModelCardError(f"{card_path}: inference.precision must be one of {PRECISIONS}")
-    try:
-        postprocessing = Postprocessing(**card.get("postprocessing", {}))
-    except TypeError as error:
-        raise ModelCardError(f"{card_path}: postprocessing: {error}") from error
-    if postprocessing.min_tumour_ml < 0:
+    if card.postprocessing.min_tumour_ml < 0:
         raise ModelCardError(f"{card_path}: postprocessing.min_tumour_ml must be >= 0")
     convention = None
-    if "input_convention" in card:
+    if card.input_convention is not None:
         try:
-            convention = parse_convention(card["input_convention"])
+            convention = parse_convention(card.input_convention)
         except ConventionError as error:
             raise ModelCardError(f"{card_path}: {error}") from error
-    labels = tuple(_require(card, "labels", list, card_path))
-    for entry in labels:
-        if not {"label", "name", "type", "color"} <= set(entry):
-            raise ModelCardError(f"{card_path}: each label needs label, name, type and color: {entry}")
     model = ModelCard(
         folder=folder,
-        name=str(_require(card, "name", str, card_path)),
-        version=str(_require(card, "version", str, card_path)),
-        description=str(card.get("description", "")),
-        intended_use=str(card.get("intended_use", "")),
-        network=network,
-        channel_order=channel_order,
+        name=card.name,
+        version=card.version,
+        description=card.description,
+        intended_use=card.intended_use,
+        network=card.network.to_dict(),
+        channel_order=card.channel_order,
         preprocessing=preprocessing,
-        inference=InferenceSettings(**inference_fields),
+        inference=card.inference,
         labels=labels,
-        regions={k: tuple(v) for k, v in card.get("regions", {}).items()},
-        postprocessing=postprocessing,
+        regions=dict(card.regions),
+        postprocessing=card.postprocessing,
         input_convention=convention,
     )
     if model.weights_path is not None and not model.weights_path.is_file():

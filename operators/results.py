@@ -129,7 +129,7 @@ def stage_results(
     model_input = prediction.model_input
     labels = labels_on_reference(prediction)
     reference = model_input.reference
-    segments = [SegmentSpec.from_dict(entry) for entry in card.labels]
+    segments = [SegmentSpec.from_dict(entry.to_dict()) for entry in card.labels]
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / f".partial-{uuid.uuid4().hex}"
     staging.mkdir()

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from segmamba.card import Card, CardError, read_card
+
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 EMPTY_HD95_MM = 373.13
 
@@ -134,13 +136,15 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_model_folder(folder: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model_folder(folder: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, Card]:
     """The SegMamba of a model folder (``metadata.json`` + weights) and its card, ready for eval."""
     from segmamba import SegMamba, load_checkpoint
 
-    card = json.loads((Path(folder) / "metadata.json").read_text())
-    model = SegMamba(**card["network"].get("args", {}))
-    load_checkpoint(model, Path(folder) / card["network"]["weights"])
+    card = read_card(folder)
+    if card.network.weights is None:
+        raise CardError(f"{folder}: 'network.weights' is missing")
+    model = SegMamba(**(card.network.args or {}))
+    load_checkpoint(model, Path(folder) / card.network.weights)
     return model.eval().to(device or torch.device("cpu")), card
 
 
@@ -162,21 +166,20 @@ def evaluate_model(model_folder: Path, data_dir: Path, names: Sequence[str] | No
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, card = load_model_folder(model_folder, device)
-    inference = card.get("inference", {})
-    min_tumour_ml = card.get("postprocessing", {}).get("min_tumour_ml", 0.0)
+    inference, min_tumour_ml = card.inference, card.postprocessing.min_tumour_ml
     # The array orientation the network was trained in; a card without an input_convention block
     # (models trained before it existed) was trained in the files' own voxel order.
-    orientation = card.get("input_convention", {}).get("orientation")
+    orientation = (card.input_convention or {}).get("orientation")
     cases = [c for c in find_cases(data_dir) if names is None or c.name in set(names)]
     rows = []
     for case in tqdm(cases, desc="evaluate", disable=not progress):
-        raw = load_case(case, card.get("channel_order", ["t2w", "t2f", "t1n", "t1c"]), orientation)
+        raw = load_case(case, card.channel_order, orientation)
         nonzero = np.any(raw["image"] != 0, axis=0)
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(nonzero))
         image, _ = preprocess(raw["image"])
         pred = np.zeros(raw["image"].shape[1:], dtype=np.uint8)
-        pred[box] = sliding_window_predict(model, image, inference.get("roi_size", [128, 128, 128]),
-                                           inference.get("overlap", 0.5), inference.get("sw_batch_size", 1), device)
+        pred[box] = sliding_window_predict(model, image, inference.roi_size, inference.overlap,
+                                           inference.sw_batch_size, device)
         voxel_ml = float(np.prod(raw["spacing"])) / 1000.0
         if sweep_min_tumour_ml is not None:
             for threshold in sweep_min_tumour_ml:

@@ -4,10 +4,11 @@
         [--input-convention brats]
     python -m segmamba.export --reference-checkpoint final_model_0.9038.pt --out models/segmamba-brats23
 
-Writes ``metadata.json`` (architecture, channel order, preprocessing, sliding-window settings,
-label meanings, training data description, measured validation metrics; with ``--input-convention
-brats`` the ``input_convention`` block of a network trained on BraTS-layout data) and ``model.pt``
-(the state_dict, float16 unless ``--float32``).
+Writes ``metadata.json`` (a `segmamba.card.Card`: architecture, channel order, preprocessing,
+sliding-window settings, label names, keys and colours (no DICOM codes: the application adds them),
+training data description, measured validation metrics; with ``--input-convention brats`` the
+``input_convention`` block of a network trained on BraTS-layout data) and ``model.pt`` (the
+state_dict, float16 unless ``--float32``).
 
 ``--reference-checkpoint`` takes a checkpoint saved by the reference training code (github
 ge-xing/SegMamba, commit cff3597): a bare state_dict, one under ``state_dict``/``model``/
@@ -27,21 +28,13 @@ from typing import Any
 
 import torch
 
+from segmamba.card import BRATS_LABELS, WEIGHTS_NAME, Card, InferenceSettings, Network, Postprocessing, Preprocessing
 from segmamba.checkpoint import check_compatible, unwrap_state_dict
 from segmamba.data import CHANNEL_ORDER
 from segmamba.evaluate import EMPTY_HD95_MM, REGIONS
 from segmamba.model import SegMamba
 
 DEMO_INTENDED_USE = "Demonstration only - trained on synthetic data - NOT FOR CLINICAL USE"
-WEIGHTS_NAME = "model.pt"
-LABELS: list[dict[str, Any]] = [
-    {"label": 1, "name": "Necrotic tumour core",
-     "type": {"scheme": "SCT", "value": "6574001", "meaning": "Necrosis"}, "color": [230, 60, 60]},
-    {"label": 2, "name": "Peritumoral oedema",
-     "type": {"scheme": "SCT", "value": "79654002", "meaning": "Edema"}, "color": [90, 200, 90]},
-    {"label": 3, "name": "Enhancing tumour",
-     "type": {"scheme": "NCIt", "value": "C113842", "meaning": "Enhancing Lesion"}, "color": [250, 220, 60]},
-]
 
 
 REFERENCE_SOURCE = "github ge-xing/SegMamba, commit cff3597"
@@ -136,30 +129,26 @@ def export_model(checkpoint: Path, out: Path, *, name: str, version: str, descri
         validation["held_out"] = extra_metrics
     if dicom_metrics:
         validation["held_out_dicom_path"] = {k: v for k, v in dicom_metrics.items() if k != "table"}
-    card = {
-        "name": name,
-        "version": version,
-        "description": description,
-        "intended_use": intended_use,
-        "network": {"type": "segmamba", "args": state["network_args"], "weights": WEIGHTS_NAME,
-                    "dtype": "float16" if float16 else "float32"},
-        "channel_order": list(state.get("channel_order", CHANNEL_ORDER)),
-        "preprocessing": {"spacing_mm": 1.0, "crop_foreground": True, "normalize": "zscore_nonzero"},
-        "inference": {"roi_size": [patch] * 3, "overlap": overlap, "mode": "gaussian",
-                      "sw_batch_size": sw_batch_size, "mirror_tta": mirror_tta},
-        "postprocessing": {"min_tumour_ml": min_tumour_ml},
-        "labels": LABELS,
-        "regions": {k: list(v) for k, v in REGIONS.items()},
-        **({"input_convention": convention} if convention else {}),
-        "training": {
+    Card(
+        name=name, version=version, description=description, intended_use=intended_use,
+        network=Network(type="segmamba", args=state["network_args"], weights=WEIGHTS_NAME,
+                        dtype="float16" if float16 else "float32"),
+        channel_order=tuple(state.get("channel_order", CHANNEL_ORDER)),
+        preprocessing=Preprocessing(spacing_mm=1.0, crop_foreground=True, normalize="zscore_nonzero"),
+        inference=InferenceSettings(roi_size=(patch, patch, patch), overlap=overlap, mode="gaussian",
+                                    sw_batch_size=sw_batch_size, mirror_tta=mirror_tta),
+        postprocessing=Postprocessing(min_tumour_ml=min_tumour_ml),
+        labels=BRATS_LABELS,
+        regions=REGIONS,
+        input_convention=convention,
+        training={
             "data": state.get("data_description", ""),
             "recipe": _recipe(config),
             "iterations": state.get("iteration"),
             "config": config,
         },
-        "validation": validation,
-    }
-    (out / "metadata.json").write_text(json.dumps(card, indent=2) + "\n")
+        validation=validation,
+    ).write(out)
     return out
 
 
@@ -188,30 +177,25 @@ def export_reference_model(checkpoint: Path, out: Path, *, name: str = "segmamba
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.contiguous() for k, v in state.items()}, out / WEIGHTS_NAME)
-    card = {
-        "name": name,
-        "version": version,
-        "description": description,
-        "intended_use": intended_use,
-        "network": {"type": "segmamba", "args": REFERENCE_ARGS, "weights": WEIGHTS_NAME,
-                    "dtype": "/".join(dtypes)},
-        "channel_order": REFERENCE_CHANNEL_ORDER,
+    Card(
+        name=name, version=version, description=description, intended_use=intended_use,
+        network=Network(type="segmamba", args=REFERENCE_ARGS, weights=WEIGHTS_NAME, dtype="/".join(dtypes)),
+        channel_order=tuple(REFERENCE_CHANNEL_ORDER),
         # For readers of the card without input_convention; input_convention.normalize is what runs.
-        "preprocessing": {"spacing_mm": 1.0, "crop_foreground": True, "normalize": "zscore_nonzero"},
-        "inference": {"roi_size": [128, 128, 128], "overlap": 0.5, "mode": "gaussian",
-                      "sw_batch_size": sw_batch_size, "mirror_tta": True},
-        "postprocessing": {"min_tumour_ml": 0.0},
-        "labels": LABELS,
-        "regions": {k: list(v) for k, v in REGIONS.items()},
-        "input_convention": REFERENCE_CONVENTION,
-        "training": {
+        preprocessing=Preprocessing(spacing_mm=1.0, crop_foreground=True, normalize="zscore_nonzero"),
+        inference=InferenceSettings(roi_size=(128, 128, 128), overlap=0.5, mode="gaussian",
+                                    sw_batch_size=sw_batch_size, mirror_tta=True),
+        postprocessing=Postprocessing(min_tumour_ml=0.0),
+        labels=BRATS_LABELS,
+        regions=REGIONS,
+        input_convention=REFERENCE_CONVENTION,
+        training={
             "data": "BraTS 2023 glioma (skull-stripped, co-registered, SRI24 1 mm), as the reference recipe",
             "recipe": f"{REFERENCE_SOURCE}: 3_train.py (cross-entropy over labels 0-3, SGD 1e-2 momentum 0.99 "
                       "Nesterov, weight decay 3e-5, poly schedule, 128^3 patches)",
             "checkpoint": {"file": Path(checkpoint).name, "sha256": hashlib.sha256(data).hexdigest()},
         },
-    }
-    (out / "metadata.json").write_text(json.dumps(card, indent=2) + "\n")
+    ).write(out)
     return out
 
 

@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
-from segmamba.export import LABELS as BRATS_SEGMENTS  # BraTS label meanings, as a model card gives them
+from operators.label_codes import coded_label
+from segmamba.card import BRATS_LABELS
+
+# BraTS label meanings with their DICOM codes, as the loaded model card gives them.
+BRATS_SEGMENTS = [coded_label(label).to_dict() for label in BRATS_LABELS]
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic DICOM study with a known lesion (geometry path: phantom, study, volume, SEG).
