@@ -18,11 +18,11 @@ import yaml
 
 from operators.errors import ConfigurationError
 from operators.precision import PRECISIONS
+from operators.roles import ROLES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_APP_YAML = REPO_ROOT / "app.yaml"
 ENV_PREFIX = "SEGMAMBA_"
-ROLES = ("t1n", "t1c", "t2w", "t2f")
 STEP_SWITCHES = ("card", "on", "off")  # registration / brain_extraction: the card's choice, or forced
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DESTINATION_KEYS = ("name", "type", "ae_title", "host", "port", "tls", "url", "token_file", "storage_commitment")

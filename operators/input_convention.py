@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from operators.reorientation import OrientationError, axis_directions
+from operators.roles import ROLES
 
-ROLES = ("t1n", "t1c", "t2w", "t2f")
 CONVENTION_NORMALIZATIONS = ("zscore_crop", "zscore_nonzero", "none")
 REGISTRATION_METHODS = ("rigid_mattes_mi",)
 BRAIN_EXTRACTION_METHODS = ("deepbet",)

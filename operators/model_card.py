@@ -45,9 +45,9 @@ from operators.errors import ConfigurationError
 from operators.input_convention import ConventionError, InputConvention, legacy_convention, parse_convention
 from operators.label_codes import coded_label
 from operators.precision import PRECISIONS
+from operators.roles import ROLES
 from segmamba.card import CARD_NAME, InferenceSettings, Label, Postprocessing, Preprocessing, read_card
 
-ROLES = ("t1n", "t1c", "t2w", "t2f")
 NORMALIZATIONS = ("zscore_nonzero", "none")
 NETWORK_TYPES = ("segmamba", "threshold")
 
