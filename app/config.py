@@ -58,7 +58,8 @@ class Settings:
     reference_role: str = setting("t1c", "series whose grid the SEG is drawn on (default {default})", choices=ROLES)
     series_rules: Path | None = setting(None, "series selection rules JSON (MONAI Deploy selector format)")
     sw_batch_size: int | None = setting(None, "sliding windows per forward pass (default: model card)", minimum=1)
-    mirror_tta: bool | None = setting(None, "8-way mirroring test-time augmentation (default: model card)")
+    mirror_tta: bool | None = setting(None, "mirroring test-time augmentation over the card's mirror_axes "
+                                            "(default: model card)")
     registration: str = setting("card", "rigid registration of every series onto the reference (default: model "
                                         "card)", choices=STEP_SWITCHES, fold_case=True)
     brain_extraction: str = setting("card", "deepbet brain mask applied to every channel (default: model card)",
