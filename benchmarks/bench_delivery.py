@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.node.send.destinations import STOW, Destination  # noqa: E402 - after the path set-up
-from tests.node_peers import NODE_AET, DeliveryBench, Orthanc, free_port  # noqa: E402
+from tests.support.node_peers import NODE_AET, DeliveryBench, Orthanc, free_port  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:

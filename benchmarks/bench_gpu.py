@@ -67,7 +67,7 @@ def segmamba_model(smoke: bool) -> nn.Module:
         torch.manual_seed(0)
         return SegMamba(in_chans=4, out_chans=4, depths=[1, 1, 1, 1], feat_size=[4, 8, 16, 32], hidden_size=32,
                         nslices=(16, 8, 8, 8))
-    from tests.golden import seeded, shapes
+    from tests.support.golden import seeded, shapes
 
     model = SegMamba(in_chans=4, out_chans=4, depths=[2, 2, 2, 2], feat_size=[48, 96, 192, 384])
     model.load_state_dict(seeded().seeded_state_dict(shapes("segmamba_state_dict.json")), strict=True)
@@ -96,7 +96,7 @@ def inputs(setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
         window = torch.randn(1, 4, *setup.window, generator=g)
         case = torch.randn(1, 4, *setup.case, generator=g)
     else:
-        from tests.golden import seeded
+        from tests.support.golden import seeded
 
         window = seeded().seeded_input((1, 4, *setup.window), 20261126)
         case = seeded().seeded_input((1, 4, *setup.case), 20261127)
@@ -289,7 +289,7 @@ def main() -> int:
     if not smoke:
         import numpy as np
 
-        from tests.golden import golden_dir
+        from tests.support.golden import golden_dir
 
         golden = torch.from_numpy(np.load(golden_dir() / "golden_public.npz")["logits_sub4"]).to(device)
         rel = float((ref[:, :, ::4, ::4, ::4] - golden).norm() / golden.norm())

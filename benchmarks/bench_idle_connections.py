@@ -37,7 +37,7 @@ def _idle(port: int, source: str) -> socket.socket:
 
 
 def _send_seconds(folder: Path, port: int, label: str) -> tuple[float, bool]:
-    from tests.node_peers import storescu
+    from tests.support.node_peers import storescu
 
     started = time.monotonic()
     result = storescu(folder, port)
@@ -50,7 +50,7 @@ def _send_seconds(folder: Path, port: int, label: str) -> tuple[float, bool]:
 def _scenario(folder: Path, port: int, rounds: int, idle: int, source: str) -> list[tuple[float, bool]]:
     times = []
     for _ in range(rounds):
-        from tests.node_peers import copy_as_new_study
+        from tests.support.node_peers import copy_as_new_study
 
         number = next(_COPIES)
         study = folder.parent.parent / f"copy{number}"
@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose node is measured (default: this one)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.repo.resolve()))
-    from tests.node_peers import NodeProcess, write_small_study
+    from tests.support.node_peers import NodeProcess, write_small_study
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as temporary:
         root = Path(temporary)
         info = write_small_study(root / "study", seed=77, roles=("t1c",))

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.node_peers import (  # noqa: E402 - after the path set-up
+from tests.support.node_peers import (  # noqa: E402 - after the path set-up
     THRESHOLD_MODEL,
     NodeProcess,
     Orthanc,

@@ -5,7 +5,7 @@ pause; then memory and file descriptors over many studies.
 
 Phase ``soak``: ``--studies`` good studies from ``--senders`` modalities (each resends a study until
 every instance is answered Success, as modalities do), ``--fuzz`` hostile files
-(tests/fuzz_corpus.py; the parseable ones by C-STORE, the rest through the inbox) interleaved, and
+(tests/support/fuzz_corpus.py; the parseable ones by C-STORE, the rest through the inbox) interleaved, and
 ``--kills`` SIGKILLs of the node process alone (its worker child must die with it) at random
 moments, each followed by a restart. /healthz is polled while the node runs. Reports SEGs, lost,
 duplicated, hostile studies that produced a result (must be 0), orphaned workers, health.
@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 
 import pydicom  # noqa: E402
 
-from tests.fuzz_corpus import fuzz_cases  # noqa: E402
-from tests.node_peers import (  # noqa: E402 - after the path set-up
+from tests.support.fuzz_corpus import fuzz_cases  # noqa: E402
+from tests.support.node_peers import (  # noqa: E402 - after the path set-up
     NodeProcess,
     Orthanc,
     copy_as_new_study,

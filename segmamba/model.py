@@ -27,7 +27,7 @@ class SegMamba(nn.Module):
     Under bfloat16 autocast (the CPU fast path) the encoder side (Mamba encoder and the skip
     blocks encoder1-5) runs in float32 and only the decoder in bfloat16: bfloat16 throughout moved
     0.7% of argmax labels and ET Dice to 0.975 on the reference weights, beyond the accuracy bound
-    (tests/test_cpu_fast_path.py). The decoder holds about three quarters of the convolution work.
+    (tests/operators/test_precision.py). The decoder holds about three quarters of the convolution work.
     float16 autocast (CUDA, the reference recipe) and float32 are unchanged.
     """
 

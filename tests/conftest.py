@@ -14,6 +14,17 @@ import pytest
 from operators.label_codes import coded_label
 from segmamba.card import BRATS_LABELS
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/integration/ (the node, the CLI and the viewer with real peers) carry the
+    ``integration`` marker: ``pytest -m "not integration"`` runs the unit tests alone."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
 # BraTS label meanings with their DICOM codes, as the loaded model card gives them.
 BRATS_SEGMENTS = [coded_label(label).to_dict() for label in BRATS_LABELS]
 

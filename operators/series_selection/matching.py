@@ -1,7 +1,7 @@
 """DICOMSeriesSelectorOperator's matching semantics on a plain pydicom header.
 
 The SDK's own matcher is a private method working on its DICOMStudy/DICOMSeries property
-objects, so the semantics are reimplemented here; tests/test_series_selection.py checks parity
+objects, so the semantics are reimplemented here; tests/operators/series_selection/test_vendor_studies.py checks parity
 against the SDK for the shipped rules.
 """
 

@@ -1,4 +1,4 @@
-// Headless Chromium driver of the browser test (tests/test_ohif_display.py).
+// Headless Chromium driver of the browser test (tests/integration/test_ohif_display.py).
 //
 // Usage: node ohif_driver.mjs request.json, where the request holds
 //   {viewerUrl, studyUid, referenceSeriesUid, segSeriesUid, targetPoint: [x, y, z] (LPS mm),

@@ -1,0 +1,1 @@
+"""Helpers the tests share: peers, cards, golden data, study builders."""
