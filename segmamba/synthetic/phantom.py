@@ -19,7 +19,7 @@ from enum import IntEnum
 
 import numpy as np
 
-CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+from segmamba.contrasts import CONTRASTS
 
 
 class Tissue(IntEnum):
