@@ -1,16 +1,15 @@
 """The four structural MR roles a brain-tumour model reads, as one closed set.
 
-``Role`` is the type and ``ROLES`` its values in the BraTS order t1n, t1c, t2w, t2f: the BraTS
-contrasts of ``segmamba.contrasts`` (one definition), named for the series that fill them here;
-``as_role`` checks a string.
+``Role`` is the type (a Literal, so a role is the plain string JSON, DICOM and the model card
+hold); ``ROLES`` its values in the BraTS order t1n, t1c, t2w, t2f; ``as_role`` checks a string.
 """
 
 from __future__ import annotations
 
-from segmamba.contrasts import CONTRASTS, Contrast
+from typing import Literal, get_args
 
-Role = Contrast
-ROLES: tuple[Role, ...] = CONTRASTS
+Role = Literal["t1n", "t1c", "t2w", "t2f"]
+ROLES: tuple[Role, ...] = get_args(Role)
 
 
 def as_role(value: object) -> Role:

@@ -24,8 +24,8 @@ from monai import transforms as mt
 from monai.utils import convert_data_type, convert_to_dst_type
 from scipy import ndimage
 
-from segmamba.contrasts import CHANNEL_ORDER, CONTRASTS
-
+CHANNEL_ORDER: tuple[str, ...] = ("t2w", "t2f", "t1n", "t1c")
+MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 SPLIT_FILE = "split.json"
 # Axis codes (nibabel ``aff2axcodes`` convention: the direction each array index increases toward) of
 # the training arrays: BraTS 2023 files read by SimpleITK, as the reference recipe (see
@@ -46,7 +46,7 @@ def find_cases(root: Path, require_seg: bool = True) -> list[CaseFiles]:
     """All complete cases under ``root`` (sorted by name)."""
     cases = []
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        images = {m: folder / f"{folder.name}-{m}.nii.gz" for m in CONTRASTS}
+        images = {m: folder / f"{folder.name}-{m}.nii.gz" for m in MODALITIES}
         seg = folder / f"{folder.name}-seg.nii.gz"
         if not all(p.is_file() for p in images.values()):
             continue

@@ -40,7 +40,7 @@ DEMO_INTENDED_USE = "Demonstration only - trained on synthetic data - NOT FOR CL
 REFERENCE_SOURCE = "github ge-xing/SegMamba, commit cff3597"
 REFERENCE_ARGS: dict[str, Any] = {"in_chans": 4, "out_chans": 4, "depths": [2, 2, 2, 2],
                                   "feat_size": [48, 96, 192, 384]}
-REFERENCE_CHANNEL_ORDER = list(CHANNEL_ORDER)  # 2_preprocessing_mri.py data_filename
+REFERENCE_CHANNEL_ORDER = ["t2w", "t2f", "t1n", "t1c"]  # 2_preprocessing_mri.py data_filename
 # The input convention of the reference recipe: the card's input_convention block, parsed by
 # operators/input_convention.py and produced from any study by operators/model_input.py.
 REFERENCE_CONVENTION: dict[str, Any] = {

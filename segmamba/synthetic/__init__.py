@@ -1,6 +1,5 @@
 """Synthetic brain-like volumes with exact ground truth: an analytic phantom and the MNI152 template head."""
 
-from segmamba.contrasts import CONTRASTS
 from segmamba.synthetic.cases import (
     CaseConfig,
     SyntheticCase,
@@ -10,7 +9,7 @@ from segmamba.synthetic.cases import (
     write_brats_case,
     write_brats_dataset,
 )
-from segmamba.synthetic.phantom import Lesion, Phantom, Tissue, grid_points
+from segmamba.synthetic.phantom import CONTRASTS, Lesion, Phantom, Tissue, grid_points
 from segmamba.synthetic.template import Appearance, TemplateHead, random_template_head
 
 __all__ = [

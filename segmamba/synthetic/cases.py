@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from segmamba.contrasts import CONTRASTS
 from segmamba.synthetic.config import CaseConfig
-from segmamba.synthetic.phantom import LESION_SIGNAL, TISSUE_SIGNAL, Lesion, Phantom, Tissue, grid_points
+from segmamba.synthetic.phantom import CONTRASTS, LESION_SIGNAL, TISSUE_SIGNAL, Lesion, Phantom, Tissue, grid_points
 from segmamba.synthetic.template import TemplateHead, bias_terms, random_template_head
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -19,7 +19,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from segmamba.contrasts import CONTRASTS
+CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 
 
 class Tissue(IntEnum):

@@ -23,9 +23,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from segmamba.contrasts import CONTRASTS
 from segmamba.synthetic.config import CaseConfig
-from segmamba.synthetic.phantom import LESION_SIGNAL, TISSUE_SIGNAL, Lesion, grid_points
+from segmamba.synthetic.phantom import CONTRASTS, LESION_SIGNAL, TISSUE_SIGNAL, Lesion, grid_points
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0])
 CLASSES: tuple[str, ...] = ("scalp", "skull", "csf", "grey", "white", "necrosis", "oedema", "enhancing")
