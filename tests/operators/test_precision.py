@@ -144,10 +144,23 @@ def test_under_bfloat16_the_encoder_runs_in_float32_and_the_decoder_in_bfloat16(
             dtypes[name] = (output[0] if isinstance(output, (tuple, list)) else output).dtype
         return hook
 
-    for name in ("vit", "encoder1", "encoder5", "decoder5", "decoder1", "out"):
-        getattr(model, name).register_forward_hook(record(name))
+    names = ("vit", "encoder1.layer.conv1", "encoder1.layer.conv2", "encoder1.layer.conv3", "encoder5", "decoder5",
+             "decoder1", "out")
+    for name in names:
+        model.get_submodule(name).register_forward_hook(record(name))
     with torch.inference_mode(), autocast(precision, CPU):
         model(torch.randn(1, 4, 32, 32, 32))
     low = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    assert dtypes == {"vit": torch.float32, "encoder1": torch.float32, "encoder5": torch.float32,
-                      "decoder5": low, "decoder1": low, "out": low}
+    assert dtypes == {"vit": torch.float32, "encoder1.layer.conv1": torch.float32, "encoder1.layer.conv2": low,
+                      "encoder1.layer.conv3": torch.float32, "encoder5": torch.float32, "decoder5": low,
+                      "decoder1": low, "out": low}
+
+
+@pytest.mark.parametrize("res_block", [True, False])
+def test_the_bfloat16_first_skip_does_what_encoder1_does(res_block: bool) -> None:
+    """encoder1's forward, written out for the fast path, gives encoder1's own result in float32."""
+    model = SegMamba(in_chans=4, out_chans=4, feat_size=[8, 16, 32, 64], hidden_size=64, nslices=[4, 2, 1, 1],
+                     res_block=res_block).eval()
+    x = torch.randn(2, 4, 16, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(model._first_skip_bfloat16(x), model.encoder1(x), rtol=0, atol=0)
