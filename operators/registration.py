@@ -1,7 +1,7 @@
 """Rigid (6-DOF) co-registration of a series onto the reference series by mutual information.
 
 SimpleITK (ITK's registration framework) does the work: Mattes mutual information (works across
-contrasts, e.g. FLAIR onto T1c), a 2-level pyramid (shrink 4/2, smoothing 2/1 mm), regular-step
+contrasts, e.g. FLAIR onto T1c), a 3-level pyramid (shrink 4/2/1, smoothing 2/1/0 mm), regular-step
 gradient descent on an Euler3D transform centred on the reference series, started from the scanner
 coordinates (identity: the patient moves little between series). SimpleITK was chosen over
 itk-elastix and ANTsPy because it is one self-contained wheel, already the library the reference
@@ -40,11 +40,7 @@ from operators.volume import ImageVolume
 log = logging.getLogger(__name__)
 
 
-# The pyramid: voxels shrunk by these factors, coarse to fine. No full-resolution level: on 1 mm
-# synthetic heads with known motion (4 cases, 1 mm and 5 mm-slice series) it changed the residual by
-# at most 0.03 mm / 0.05 degrees (all <= 0.07 mm / 0.07 degrees) and took half the time.
-SHRINK_FACTORS = (4, 2)
-SMOOTHING_MM = {4: 2.0, 2: 1.0, 1: 0.0}  # Gaussian sigma before shrinking, per factor
+SHRINK_FACTORS = (4, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -157,23 +153,6 @@ def _failed(error: RuntimeError, fixed: ImageVolume, started: float, cpu_started
     )
 
 
-def _mattes_method() -> sitk.ImageRegistrationMethod:
-    """Mattes mutual information on random samples, linear interpolation, gradients at the samples.
-
-    ITK's default precomputes the gradient of the whole fixed and moving image at every pyramid
-    level (and for every similarity evaluation): on a 1 mm head that cost more than the
-    optimisation's iterations. Computed at the sampled points only, registration took 1.3-1.9x less
-    time at the same accuracy (residuals 0.03-0.07 mm against 0.04-0.10 mm).
-    """
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricUseFixedImageGradientFilter(False)
-    method.SetMetricUseMovingImageGradientFilter(False)
-    method.SetInterpolator(sitk.sitkLinear)
-    return method
-
-
 def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float, max_samples: int, seed: int,
               iterations: int) -> tuple[sitk.Euler3DTransform, float, float, int, str]:
     """ITK's registration of `moving` onto `fixed`: (transform, MI before, MI after, iterations, stop).
@@ -181,31 +160,29 @@ def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float,
     fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
     initial = sitk.Euler3DTransform()
     initial.SetCenter([float(v) for v in _centre(fixed)])
-    method = _mattes_method()
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    method.SetMetricSamplingStrategy(method.RANDOM)
     # At most `max_samples` metric samples per pyramid level: a 1 mm head has ~13 M voxels, and 10 %
     # of them cost minutes per series on a loaded CPU for no gain in accuracy.
     voxels = float(np.prod(fixed.shape))
     method.SetMetricSamplingPercentagePerLevel(
         [min(sampling_fraction, max_samples / max(voxels / shrink**3, 1.0)) for shrink in SHRINK_FACTORS], seed)
+    method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=iterations,
                                                     gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
-    method.SetSmoothingSigmasPerLevel([SMOOTHING_MM[shrink] for shrink in SHRINK_FACTORS])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
-    # The similarity before and after, on one fixed set of `max_samples` full-resolution points (the
-    # same seed: the same points), not on the pyramid's first-level share of every voxel.
-    similarity = _mattes_method()
-    similarity.SetMetricSamplingPercentage(min(1.0, max_samples / max(voxels, 1.0)), seed)
-    similarity.SetInitialTransform(initial, inPlace=False)
-    before = float(similarity.MetricEvaluate(fixed_image, moving_image))
+    before = float(method.MetricEvaluate(fixed_image, moving_image))
     found = method.Execute(fixed_image, moving_image)
     if isinstance(found, sitk.CompositeTransform) or found.GetName() == "CompositeTransform":
         found = sitk.CompositeTransform(found).GetNthTransform(0)
     euler = sitk.Euler3DTransform(found)
-    similarity.SetInitialTransform(euler, inPlace=False)
-    after = float(similarity.MetricEvaluate(fixed_image, moving_image))
+    method.SetInitialTransform(euler, inPlace=False)
+    after = float(method.MetricEvaluate(fixed_image, moving_image))
     stop, count = method.GetOptimizerStopConditionDescription(), int(method.GetOptimizerIteration())
     if after > before and _near_start(euler, fixed):
         # Series on one voxel grid (a 3D T1 and T1c of one geometry) peak at the start: linear
