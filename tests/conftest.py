@@ -3,6 +3,7 @@ fails only its tests."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -23,6 +24,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Any:
+    """The root logger's handlers and level as they were before the test: a CLI test configures logging
+    onto the stderr pytest captured for it, and must not leave later tests writing to that closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 # BraTS label meanings with their DICOM codes, as the loaded model card gives them.
