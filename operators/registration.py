@@ -1,14 +1,13 @@
 """Rigid (6-DOF) co-registration of a series onto the reference series by mutual information.
 
 SimpleITK (ITK's registration framework) does the work: Mattes mutual information (works across
-contrasts, e.g. FLAIR onto T1c), a pyramid (shrink 4/2/1, smoothing 2/1/0 mm; levels finer than 1.5 mm
-left out, `pyramid_levels`), rotation-eased physical-shift scales (`optimizer_scales`), regular-step
-gradient descent on an Euler3D transform centred on the reference series, started from the scanner
-coordinates (identity: the patient moves little between series). SimpleITK was chosen over
-itk-elastix and ANTsPy because it is one self-contained wheel, already the library the reference
-recipe reads its data with, exposes the metric value before and after, and runs deterministically
-with a fixed sampling seed; ANTsPy (what the BraTS toolkits use) is a much larger install for the
-same rigid MI registration.
+contrasts, e.g. FLAIR onto T1c), a pyramid (shrink 4/2/1, smoothing 2/1/0 mm; levels finer than 1.5
+mm left out, `pyramid_levels`), regular-step gradient descent on an Euler3D transform centred on the
+reference series, started from the scanner coordinates (identity: the patient moves little between
+series). SimpleITK was chosen over itk-elastix and ANTsPy because it is one self-contained wheel,
+already the library the reference recipe reads its data with, exposes the metric value before and
+after, and runs deterministically with a fixed sampling seed; ANTsPy (what the BraTS toolkits use)
+is a much larger install for the same rigid MI registration.
 
 Direction: ITK samples the metric on the fixed image and interpolates the moving one. Interpolating
 a thick-slice 2D series (T2, FLAIR: 4-6 mm) between its slices biases mutual information towards
@@ -167,29 +166,6 @@ def _failed(error: RuntimeError, fixed: ImageVolume, started: float, cpu_started
     )
 
 
-ROTATION_EASING = 3.0  # rotation scales divided by this (see `optimizer_scales`)
-
-
-def optimizer_scales(fixed: ImageVolume) -> list[float]:
-    """Euler3D parameter scales (3 angles, 3 translations): ITK's physical-shift scales, rotations eased.
-
-    A physical-shift scale makes one unit of a parameter move the fixed series' corners by the same
-    distance: the squared largest corner displacement per radian for an angle, 1 for a translation.
-    Regular-step descent then steps along the normalised scaled gradient; near the translation
-    optimum its noisy translation part reverses each step, shrinking the step before the (weak)
-    rotation signal has moved the angles. On an ellipsoid head in 2.5 mm series (5 random motions
-    up to 5 mm / 5 degrees) that left 0.5-2.9 degrees uncorrected; with the angle scales divided by
-    `ROTATION_EASING` = 3, 0.3-1.3 degrees, while 1 mm heads with a 4 mm-slice FLAIR stayed at
-    <= 0.10 mm / 0.09 degrees (in less time). 10 was better still on moved series (<= 0.7 degrees)
-    but let the angles drift off an unmoved 2D series to a lower similarity (a refused registration).
-    """
-    corners = np.array([[a, b, c, 1.0] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-    corners[:, :3] *= np.array(fixed.shape) - 1
-    offsets = (corners @ fixed.affine.T)[:, :3] - _centre(fixed)
-    angle_scales = [float(np.max(np.sum(np.cross(axis, offsets) ** 2, axis=1))) / ROTATION_EASING for axis in np.eye(3)]
-    return [*angle_scales, 1.0, 1.0, 1.0]
-
-
 def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float, max_samples: int, seed: int,
               iterations: int) -> tuple[sitk.Euler3DTransform, float, float, int, str]:
     """ITK's registration of `moving` onto `fixed`: (transform, MI before, MI after, iterations, stop).
@@ -209,7 +185,7 @@ def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float,
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=iterations,
                                                     gradientMagnitudeTolerance=1e-8)
-    method.SetOptimizerScales(optimizer_scales(fixed))
+    method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(shrinks)
     method.SetSmoothingSigmasPerLevel(sigmas)
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
