@@ -33,7 +33,7 @@ def root_logging_restored() -> Any:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
-    for handler in root.handlers:
+    for handler in list(root.handlers):  # a copy: removeHandler changes root.handlers
         if handler not in handlers:
             root.removeHandler(handler)
             handler.close()
