@@ -9,7 +9,13 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from operators.errors import StudyError
-from operators.registration import RegistrationLimits, RigidRegistration, check_registration, register_rigid
+from operators.registration import (
+    RegistrationLimits,
+    RigidRegistration,
+    check_registration,
+    pyramid_levels,
+    register_rigid,
+)
 from operators.volume import ImageVolume, resample_to_grid
 from segmamba.synthetic import CaseConfig
 from segmamba.synthetic.phantom import grid_points
@@ -131,3 +137,13 @@ def test_thick_slice_series_is_sampled_and_the_motion_still_recovered() -> None:
     np.testing.assert_allclose(rebuilt, result.matrix, atol=1e-6)
 
 
+@pytest.mark.parametrize(("spacing", "shrinks", "sigmas"), [
+    ((1.0, 1.0, 1.0), [4, 2], [2.0, 1.0]),          # 1 mm: the 4 and 2 mm levels
+    ((0.9, 0.9, 4.0), [4, 2], [2.0, 1.0]),          # a 2D series: by its finest (in-plane) spacing
+    ((1.5, 1.5, 1.5), [4, 2, 1], [2.0, 1.0, 0.0]),  # 1.5 mm and coarser: every level
+    ((2.5, 2.5, 2.5), [4, 2, 1], [2.0, 1.0, 0.0]),
+    ((0.3, 0.3, 0.3), [4], [2.0]),                  # finer than every level: the coarsest still runs
+])
+def test_pyramid_leaves_out_levels_finer_than_1_5_mm(spacing: tuple, shrinks: list, sigmas: list) -> None:
+    volume = ImageVolume(array=np.zeros((8, 8, 8), np.float32), affine=np.diag([*spacing, 1.0]))
+    assert pyramid_levels(volume) == (shrinks, sigmas)
