@@ -55,7 +55,7 @@ from operators.series_selection import SeriesSelection
 from operators.volume import (
     ImageVolume,
     VolumeError,
-    resample_to_grid,
+    resample_all_to_grid,
     series_to_volume,
     voxel_volume_ml,
 )
@@ -295,8 +295,8 @@ def build_model_input(
     record.grid_shape, record.grid_affine = tuple(grid_shape), grid_affine  # type: ignore[assignment]
     started = time.perf_counter()
     # "nearest" beyond the outer voxel centres: the half-voxel margins take the edge voxels' values
-    image = np.stack([resample_to_grid(volumes[role], grid_shape, grid_affine, order=1, mode="nearest")
-                      for role in roles])
+    image = np.stack(resample_all_to_grid([volumes[role] for role in roles], grid_shape, grid_affine, order=1,
+                                          mode="nearest"))
     seen = np.stack([field_of_view(volumes[role], grid_shape, grid_affine) for role in roles])
     record.timed("resample", started)
     if not np.all(seen, axis=0).any():

@@ -166,6 +166,21 @@ def _failed(error: RuntimeError, fixed: ImageVolume, started: float, cpu_started
     )
 
 
+def _similarity(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image) -> float:
+    """Mattes MI at the method's initial transform, on the full-resolution images.
+
+    The value needs no metric gradient: ITK's gradient-image filters (on for the optimisation) are
+    switched off while it is evaluated, which gives the same value in about a third of the time.
+    """
+    method.MetricUseFixedImageGradientFilterOff()
+    method.MetricUseMovingImageGradientFilterOff()
+    try:
+        return float(method.MetricEvaluate(fixed, moving))
+    finally:
+        method.MetricUseFixedImageGradientFilterOn()
+        method.MetricUseMovingImageGradientFilterOn()
+
+
 def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float, max_samples: int, seed: int,
               iterations: int) -> tuple[sitk.Euler3DTransform, float, float, int, str]:
     """ITK's registration of `moving` onto `fixed`: (transform, MI before, MI after, iterations, stop).
@@ -190,13 +205,13 @@ def _optimise(fixed: ImageVolume, moving: ImageVolume, sampling_fraction: float,
     method.SetSmoothingSigmasPerLevel(sigmas)
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
-    before = float(method.MetricEvaluate(fixed_image, moving_image))
+    before = _similarity(method, fixed_image, moving_image)
     found = method.Execute(fixed_image, moving_image)
     if isinstance(found, sitk.CompositeTransform) or found.GetName() == "CompositeTransform":
         found = sitk.CompositeTransform(found).GetNthTransform(0)
     euler = sitk.Euler3DTransform(found)
     method.SetInitialTransform(euler, inPlace=False)
-    after = float(method.MetricEvaluate(fixed_image, moving_image))
+    after = _similarity(method, fixed_image, moving_image)
     stop, count = method.GetOptimizerStopConditionDescription(), int(method.GetOptimizerIteration())
     if after > before and _near_start(euler, fixed):
         # Series on one voxel grid (a 3D T1 and T1c of one geometry) peak at the start: linear

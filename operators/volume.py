@@ -10,7 +10,10 @@ DICOM (not the RAS of NIfTI). So a slice's pixel_array ([row, column]) is array[
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,6 +236,23 @@ def resample_to_grid(
         mode=mode,
         cval=0.0,
     )
+
+
+def resample_all_to_grid(
+    volumes: Sequence[ImageVolume],
+    target_shape: tuple[int, int, int],
+    target_affine: np.ndarray,
+    order: int = 1,
+    mode: str = "constant",
+) -> list[np.ndarray]:
+    """`resample_to_grid` for each volume, run side by side on the CPUs this process may use (scipy's
+    interpolation releases the GIL: four 240x240x155 series took half the time on 2 cores)."""
+    workers = min(len(volumes), len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        return [resample_to_grid(volume, target_shape, target_affine, order, mode) for volume in volumes]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resample") as pool:
+        return list(pool.map(lambda volume: resample_to_grid(volume, target_shape, target_affine, order, mode),
+                             volumes))
 
 
 def isotropic_grid(volume: ImageVolume, spacing_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:

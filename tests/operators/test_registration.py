@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from operators.errors import StudyError
@@ -15,6 +16,7 @@ from operators.registration import (
     check_registration,
     pyramid_levels,
     register_rigid,
+    to_sitk,
 )
 from operators.volume import ImageVolume, resample_to_grid
 from segmamba.synthetic import CaseConfig
@@ -72,6 +74,29 @@ def test_recovers_a_known_motion_across_contrasts(case) -> None:
           f"{result.describe()}")
     assert error[0] <= 1.0 and rotation_error <= 1.0
     assert result.metric_after < result.metric_before
+
+
+def test_reported_similarity_is_itks_mattes_mi_at_the_start_and_at_the_result(case) -> None:
+    """The MI before and after is evaluated without ITK's gradient filters (faster): the values must
+    be those of ITK's default evaluation, gradient filters on, at the identity and at the result."""
+    _, _, result, t1c, flair = case
+    fixed, moving = to_sitk(t1c), to_sitk(flair)  # sampled on the reference: both series are 1.5 mm
+
+    def default_mi(transform: sitk.Transform) -> float:
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetInitialTransform(transform, inPlace=False)
+        return float(method.MetricEvaluate(fixed, moving))
+
+    start = sitk.Euler3DTransform()
+    start.SetCenter(result.center_mm)
+    found = sitk.Euler3DTransform(start)
+    found.SetRotation(*np.radians(result.rotation_deg))
+    found.SetTranslation(result.translation_mm)
+    assert result.sampled_on == "reference"
+    assert result.metric_before == pytest.approx(default_mi(start), abs=1e-9)
+    assert result.metric_after == pytest.approx(default_mi(found), abs=1e-9)
 
 
 def test_corrected_series_lands_on_the_reference_anatomy(case) -> None:

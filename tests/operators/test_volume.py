@@ -15,6 +15,7 @@ from operators.volume import (
     ImageVolume,
     VolumeError,
     isotropic_grid,
+    resample_all_to_grid,
     resample_to_grid,
     series_to_volume,
     sort_slices,
@@ -112,6 +113,19 @@ def test_outside_the_source_is_zero() -> None:
     result = resample_to_grid(volume, (4, 4, 4), shifted)
     np.testing.assert_array_equal(result[:2], 1.0)
     np.testing.assert_array_equal(result[2:], 0.0)
+
+
+def test_resampling_several_series_at_once_matches_one_at_a_time(
+    study_series: dict[str, list[pydicom.Dataset]],
+) -> None:
+    """The model input's series are resampled side by side: each result must be the one alone."""
+    descriptions = [REFERENCE_DESCRIPTION, "t1_mprage_sag_p2_iso", *FLAIR_BY_ORIENTATION.values()]
+    volumes = [series_to_volume(study_series[description]) for description in descriptions]
+    target = volumes[0]
+    together = resample_all_to_grid(volumes, target.shape, target.affine, order=1, mode="nearest")
+    assert len(together) == len(volumes)
+    for volume, result in zip(volumes, together, strict=True):
+        np.testing.assert_array_equal(result, resample_to_grid(volume, target.shape, target.affine, 1, "nearest"))
 
 
 def test_isotropic_grid_keeps_orientation_centre_and_extent(
