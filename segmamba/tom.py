@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from segmamba.causal_conv import causal_conv1d
-from segmamba.scan import selective_scan
+from segmamba.scan import selective_scan, token_major
 
 DIRECTION_SUFFIXES = ("", "_b", "_s")
+DIRECTIONS = dict(zip(DIRECTION_SUFFIXES, ("forward", "reversed", "inter_slice"), strict=True))
 
 
 def _s4d_real_log(d_inner: int, d_state: int) -> torch.Tensor:
@@ -60,6 +61,9 @@ class TriOrientedMamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16)
         self.nslices = nslices
         self.scan_backend = scan_backend
+        # CPU inference on token-major tensors (segmamba.scan.token_major) where it applies; False
+        # keeps the channel-major path of the reference (the oracle the fused path is tested against).
+        self.fused_cpu_inference = True
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         for suffix in DIRECTION_SUFFIXES:
@@ -120,6 +124,8 @@ class TriOrientedMamba(nn.Module):
                 f"sequence length {seqlen} is not divisible by nslices={self.nslices}; "
                 "the inter-slice scan needs equal chunks (use a window whose token count allows it)"
             )
+        if self._fused_cpu_applies(hidden_states):
+            return self._forward_token_major(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, L)
         chunk_len = seqlen // self.nslices
 
@@ -131,3 +137,29 @@ class TriOrientedMamba(nn.Module):
             batch, self.d_inner, seqlen
         )
         return self.out_proj(out.transpose(1, 2))
+
+    def _fused_cpu_applies(self, hidden_states: torch.Tensor) -> bool:
+        """CPU float32 inference with the default scan (no gradient wanted) and numba present."""
+        wants_grad = torch.is_grad_enabled() and (
+            hidden_states.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return (self.fused_cpu_inference and not wants_grad and hidden_states.device.type == "cpu"
+                and hidden_states.dtype == torch.float32 and self.scan_backend in ("auto", "chunked")
+                and token_major.available())
+
+    def _forward_token_major(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The same mixing as `forward`, with the three directions read from the token-major
+        projection in their own orders and summed in one buffer (no flips, interleaves, transposes)."""
+        batch, seqlen, _ = hidden_states.shape
+        xz = self.in_proj(hidden_states)  # (b, L, 2*d_inner)
+        out = xz.new_zeros(batch, seqlen, self.d_inner)
+        for suffix, direction in DIRECTIONS.items():
+            order = token_major.direction_order(seqlen, direction, self.nslices)
+            conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+            u = token_major.causal_conv_silu(xz, order, conv.weight, conv.bias)
+            x_dbl = F.linear(u, getattr(self, f"x_proj{suffix}").weight)  # (b, L, r+2N), scan order
+            dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
+            delta = F.softplus(F.linear(x_dbl[..., : self.dt_rank], dt_proj.weight, dt_proj.bias))
+            a_log = self.A_log if suffix == "" else getattr(self, f"A{suffix}_log")
+            token_major.scan_accumulate(u, delta.contiguous(), x_dbl, self.dt_rank, -torch.exp(a_log.float()),
+                                        getattr(self, f"D{suffix}"), xz, order, out)
+        return self.out_proj(out)

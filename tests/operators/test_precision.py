@@ -145,15 +145,15 @@ def test_under_bfloat16_the_encoder_runs_in_float32_and_the_decoder_in_bfloat16(
         return hook
 
     names = ("vit", "encoder1.layer.conv1", "encoder1.layer.conv2", "encoder1.layer.conv3", "encoder5", "decoder5",
-             "decoder1", "out")
+             "decoder4", "decoder3", "decoder1", "out")
     for name in names:
         model.get_submodule(name).register_forward_hook(record(name))
     with torch.inference_mode(), autocast(precision, CPU):
         model(torch.randn(1, 4, 32, 32, 32))
     low = torch.bfloat16 if precision == "bfloat16" else torch.float32
     assert dtypes == {"vit": torch.float32, "encoder1.layer.conv1": torch.float32, "encoder1.layer.conv2": low,
-                      "encoder1.layer.conv3": torch.float32, "encoder5": torch.float32, "decoder5": low,
-                      "decoder1": low, "out": low}
+                      "encoder1.layer.conv3": torch.float32, "encoder5": torch.float32, "decoder5": torch.float32,
+                      "decoder4": torch.float32, "decoder3": low, "decoder1": low, "out": torch.float32}
 
 
 @pytest.mark.parametrize("res_block", [True, False])
