@@ -10,6 +10,7 @@ DICOM (not the RAS of NIfTI). So a slice's pixel_array ([row, column]) is array[
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -247,12 +248,13 @@ def resample_all_to_grid(
 ) -> list[np.ndarray]:
     """`resample_to_grid` for each volume, run side by side on the CPUs this process may use (scipy's
     interpolation releases the GIL: four 240x240x155 series took half the time on 2 cores)."""
+    resample = functools.partial(resample_to_grid, target_shape=target_shape, target_affine=target_affine,
+                                 order=order, mode=mode)
     workers = min(len(volumes), len(os.sched_getaffinity(0)))
     if workers <= 1:
-        return [resample_to_grid(volume, target_shape, target_affine, order, mode) for volume in volumes]
+        return [resample(volume) for volume in volumes]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resample") as pool:
-        return list(pool.map(lambda volume: resample_to_grid(volume, target_shape, target_affine, order, mode),
-                             volumes))
+        return list(pool.map(resample, volumes))
 
 
 def isotropic_grid(volume: ImageVolume, spacing_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:

@@ -94,22 +94,23 @@ class SegMamba(nn.Module):
             raise ValueError(f"expected (B, C, D, H, W) with D, H, W multiples of 16, got {tuple(x_in.shape)}")
         device = x_in.device.type
         bfloat16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
-        with torch.autocast(device, enabled=False) if bfloat16 else contextlib.nullcontext():
+        # the parts kept in float32 under bfloat16 autocast (see the class docstring)
+        float32 = (lambda: torch.autocast(device, enabled=False)) if bfloat16 else contextlib.nullcontext
+        with float32():
             x = x_in.float() if bfloat16 else x_in
             stage1, stage2, stage3, stage4 = self.vit(x)
         enc1 = self._first_skip_bfloat16(x) if bfloat16 else self.encoder1(x)
-        with torch.autocast(device, enabled=False) if bfloat16 else contextlib.nullcontext():
+        with float32():
             enc2 = self.encoder2(stage1)
             enc3 = self.encoder3(stage2)
             enc4 = self.encoder4(stage3)
             hidden = self.encoder5(stage4)
-        with torch.autocast(device, enabled=False) if bfloat16 else contextlib.nullcontext():
             dec = self.decoder5(hidden, enc4)
             dec = self.decoder4(dec, enc3)
         dec = self.decoder3(dec, enc2)
         dec = self.decoder2(dec, enc1)
         dec = self.decoder1(dec)
-        with torch.autocast(device, enabled=False) if bfloat16 else contextlib.nullcontext():
+        with float32():
             return self.out(dec.float() if bfloat16 else dec)
 
     def _first_skip_bfloat16(self, x: torch.Tensor) -> torch.Tensor:

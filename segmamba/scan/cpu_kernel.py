@@ -207,22 +207,24 @@ if numba is not None:
     # No 'nnan'/'ninf': LLVM must not assume finite inputs (NaN inputs give NaN outputs).
     _FLAGS = {"contract", "reassoc", "nsz", "arcp", "afn"}
 
+    def compile_kernel(fn: Callable[..., None], signature: Any) -> Callable[..., None]:
+        """`fn` compiled by numba for one signature: parallel, nogil, the kernels' fastmath flags; cached
+        on disk when a cache directory is writable, else compiled in memory."""
+        options = {"parallel": True, "fastmath": _FLAGS, "nogil": True}
+        try:
+            return numba.njit(signature, cache=True, **options)(fn)
+        except RuntimeError:  # no writable cache location: compile in memory
+            return numba.njit(signature, **options)(fn)
+
     @functools.cache
     def _compiled(backward: bool) -> Callable[..., None]:
         """The forward (or backward) kernel, compiled for its one float32 signature."""
         c1, c2, c3, c4 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3, 4))
         common = (c3, c3, c2, c3, c3, c1, c3, types.boolean)
         if backward:
-            sig = types.void(*common, c3, c4, types.intp, c3, c3, c3, c3, c2, c4, c4)
-            fn = _scan_backward_kernel
-        else:
-            sig = types.void(*common, c3, c4, types.intp)
-            fn = _scan_kernel
-        options = {"parallel": True, "fastmath": _FLAGS, "nogil": True}
-        try:
-            return numba.njit(sig, cache=True, **options)(fn)
-        except RuntimeError:  # no writable cache location: compile in memory
-            return numba.njit(sig, **options)(fn)
+            return compile_kernel(_scan_backward_kernel,
+                                  types.void(*common, c3, c4, types.intp, c3, c3, c3, c3, c2, c4, c4))
+        return compile_kernel(_scan_kernel, types.void(*common, c3, c4, types.intp))
 
 
 def _as_array(t: Tensor) -> Any:
@@ -233,13 +235,12 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
-def _launch(backward: bool, *tensors: Tensor | bool | int) -> None:
-    """Run a kernel on torch tensors (as numpy views), with torch's thread count."""
-    kernel = _compiled(backward)
-    args = [_as_array(t) if isinstance(t, Tensor) else t for t in tensors]
+def run_kernel(kernel: Callable[..., None], *args: Tensor | bool | int) -> None:
+    """Run a compiled kernel on torch tensors (as numpy views), with torch's thread count."""
+    arrays = [_as_array(a) if isinstance(a, Tensor) else a for a in args]
     with _LOCK:
         numba.set_num_threads(_threads())
-        kernel(*args)
+        kernel(*arrays)
 
 
 def _prepare(u: Tensor, d: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -266,7 +267,7 @@ def _forward(ops: tuple[Tensor, ...], has_z: bool, interval: int, save: bool) ->
     states = torch.empty(batch, dim, n_chunks, ops[2].shape[1], dtype=torch.float32)
     out = torch.empty(batch, dim, length, dtype=torch.float32)
     if length:
-        _launch(False, *ops, has_z, out, states, interval)
+        run_kernel(_compiled(False), *ops, has_z, out, states, interval)
     return out, states
 
 
@@ -313,7 +314,7 @@ class _KernelScan(torch.autograd.Function):
         g_bt = u.new_zeros(groups, batch, length, n_state)
         g_ct = u.new_zeros(groups, batch, length, n_state)
         if length:
-            _launch(True, u, d, A, bt, ct, d_vec, gate, ctx.has_z, grad.to(torch.float32).contiguous(),
+            run_kernel(_compiled(True), u, d, A, bt, ct, d_vec, gate, ctx.has_z, grad.to(torch.float32).contiguous(),
                     ctx.states, ctx.interval, gu, gd, gz, g_a, g_skip, g_bt, g_ct)
         ctx.ops = ctx.states = None
         return (gu, gd, g_a.sum(0), g_bt.sum(0).transpose(1, 2), g_ct.sum(0).transpose(1, 2),

@@ -100,32 +100,19 @@ if cpu_kernel.numba is not None:
 
     @functools.cache
     def _compiled(name: str) -> Callable[..., None]:
-        """One kernel, compiled for its float32 signature (cached on disk when possible)."""
+        """One kernel, compiled for its float32 signature."""
         i64 = types.Array(types.int64, 1, "C")
         a3 = types.Array(types.float32, 3, "A")
         c1, c2, c3 = (types.Array(types.float32, n, "C") for n in (1, 2, 3))
         if name == "conv":
-            fn, sig = _conv_kernel, types.void(a3, i64, c2, c1, c3)
-        else:
-            fn, sig = _scan_kernel, types.void(c3, c3, c3, types.intp, types.intp, c2, c1, c3, i64, c3)
-        options = {"parallel": True, "fastmath": cpu_kernel._FLAGS, "nogil": True}
-        try:
-            return numba.njit(sig, cache=True, **options)(fn)
-        except RuntimeError:  # no writable cache location: compile in memory
-            return numba.njit(sig, **options)(fn)
+            return cpu_kernel.compile_kernel(_conv_kernel, types.void(a3, i64, c2, c1, c3))
+        return cpu_kernel.compile_kernel(
+            _scan_kernel, types.void(c3, c3, c3, types.intp, types.intp, c2, c1, c3, i64, c3))
 
 
 def available() -> bool:
     """Whether the kernels can run (numba imports)."""
     return cpu_kernel.kernel_available()
-
-
-def _run(name: str, *args: Any) -> None:
-    kernel = _compiled(name)
-    arrays = [a.detach().numpy() if isinstance(a, Tensor) else a for a in args]
-    with cpu_kernel._LOCK:
-        numba.set_num_threads(cpu_kernel._threads())
-        kernel(*arrays)
 
 
 @functools.cache
@@ -150,7 +137,7 @@ def causal_conv_silu(xz: Tensor, order: Tensor, weight: Tensor, bias: Tensor) ->
     """
     w = (weight.squeeze(1) if weight.dim() == 3 else weight).detach().float().contiguous()
     out = xz.new_empty(xz.shape[0], xz.shape[1], w.shape[0])
-    _run("conv", xz, order, w, bias.detach().float().contiguous(), out)
+    cpu_kernel.run_kernel(_compiled("conv"), xz, order, w, bias.detach().float().contiguous(), out)
     return out
 
 
@@ -163,5 +150,6 @@ def scan_accumulate(u: Tensor, delta: Tensor, x_dbl: Tensor, b_col: int, A: Tens
     order, z its channels E..2E. All float32.
     """
     n_state = A.shape[1]
-    _run("scan", u, delta, x_dbl.contiguous(), b_col, b_col + n_state, A.detach().float().t().contiguous(),
-         D.detach().float().contiguous(), xz.contiguous(), order, out)
+    cpu_kernel.run_kernel(_compiled("scan"), u, delta, x_dbl.contiguous(), b_col, b_col + n_state,
+                          A.detach().float().t().contiguous(), D.detach().float().contiguous(), xz.contiguous(),
+                          order, out)
