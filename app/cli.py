@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app import allocator
 from app.config import KINDS, SETTING_FIELDS, ConfigError, Settings, load_settings
 from app.logs import setup_logging
 from app.process_env import prepare_process
@@ -21,9 +22,9 @@ log = logging.getLogger("app")
 
 # Which command takes which setting: the batch run's folders; the settings of every command; the node's (the rest).
 BATCH_SETTINGS = ("input", "output", "workdir")
-SHARED_SETTINGS = ("models", "device", "precision", "reference_role", "series_rules", "sw_batch_size", "mirror_tta",
-                   "registration", "brain_extraction", "progress", "log_level", "log_format", "logs", "output_sr",
-                   "output_rtstruct", "output_sc")
+SHARED_SETTINGS = ("models", "device", "precision", "allocator", "reference_role", "series_rules", "sw_batch_size",
+                   "mirror_tta", "registration", "brain_extraction", "progress", "log_level", "log_format", "logs",
+                   "output_sr", "output_rtstruct", "output_sc")
 NODE_SETTINGS = tuple(name for name in SETTING_FIELDS if name not in BATCH_SETTINGS + SHARED_SETTINGS)
 SHORT_FLAGS = {"input": "-i", "output": "-o", "workdir": "-w", "models": "-m"}
 
@@ -154,7 +155,9 @@ def _fail(error: BaseException, settings: Settings | None) -> int:
     return EXIT_STUDY_FAILED
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
+    """Run one command. ``program``: this call is the process's program (``python -m app``, the MAP
+    entry), so a run of the network may restart the process with its memory allocator (app/allocator.py)."""
     prepare_process()  # before monai is imported: any uid and any HOME, as in containers run with --user
     argv = list(sys.argv[1:] if argv is None else argv)
     demo = bool(argv) and argv[0] == "demo"
@@ -163,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "requeue":
         return _requeue(build_requeue_parser().parse_args(argv[1:]))
     if argv and argv[0] == "evaluate":
-        return _evaluate(build_evaluate_parser().parse_args(argv[1:]))
+        return _evaluate(build_evaluate_parser().parse_args(argv[1:]), program)
     args = (build_demo_parser() if demo else build_parser()).parse_args(argv[1:] if demo else argv)
     settings: Settings | None = None
     try:
@@ -172,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.update(input=args.dir / "input", output=args.dir / "output")
         settings = load_settings(args.config, overrides=overrides)
         setup_logging(settings)
+        _use_allocator(settings, program)
         from app.batch import run_batch  # heavy imports (torch, monai, holoscan) after parsing
 
         if demo:
@@ -199,10 +203,22 @@ def _sub_command_settings(args: argparse.Namespace) -> Settings | None:
     return settings
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _use_allocator(settings: Settings, program: bool) -> None:
+    """Restart the program with the configured allocator when it is not in use yet (before torch is imported)."""
+    if program:
+        allocator.restart_with(settings.allocator)
+    log.info("memory allocator: %s", allocator.in_use())
+
+
+def _evaluate(args: argparse.Namespace, program: bool) -> int:
     """``python -m app evaluate``: print the summary table; exit 0 unless the evaluation itself failed."""
     settings = _sub_command_settings(args)
     if settings is None:
+        return EXIT_STUDY_FAILED
+    try:
+        _use_allocator(settings, program)
+    except ConfigError as error:
+        print(f"ERROR configuration: {error}", file=sys.stderr)
         return EXIT_STUDY_FAILED
     from app.evaluation import StudyMotion, run_evaluation
 
@@ -225,6 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
     from operators.errors import ConfigurationError
 
     try:
+        allocator.export_for_children(settings.allocator)  # the worker that runs the network preloads it
         serve(settings)
     except ConfigurationError as error:  # TLS files, web access: refuse to start, one line
         print(f"ERROR configuration: {error}", file=sys.stderr)

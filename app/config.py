@@ -16,6 +16,7 @@ from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from app.allocator import ALLOCATORS
 from operators.errors import ConfigurationError
 from operators.precision import PRECISIONS
 from operators.roles import ROLES
@@ -55,6 +56,9 @@ class Settings:
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (default auto: CUDA when available)")
     precision: str = setting("auto", "network arithmetic (default auto: card, else bfloat16 on a BF16 CPU, float16 "
                                      "on CUDA)", choices=PRECISIONS)
+    allocator: str = setting("auto", "memory allocator of the processes that run the network (default auto: "
+                                     "jemalloc when installed, else the system's)", choices=ALLOCATORS,
+                             fold_case=True)
     reference_role: str = setting("t1c", "series whose grid the SEG is drawn on (default {default})", choices=ROLES)
     series_rules: Path | None = setting(None, "series selection rules JSON (MONAI Deploy selector format)")
     sw_batch_size: int | None = setting(None, "sliding windows per forward pass (default: model card)", minimum=1)

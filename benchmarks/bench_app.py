@@ -3,8 +3,9 @@
 Writes a synthetic study (four 240x240x155 1 mm series plus a localizer), then runs the whole
 operator chain (load, select, volume, infer, write) with SegMamba model folders of the full
 BraTS size and of a small configuration (random weights: speed does not depend on them), in each
-precision (float32 and the CPU fast path, bfloat16 autocast), each run in its own child process so
-that its peak RSS is its own; prints seconds per stage, each stage's share of the total, the
+precision (float32 and the CPU fast path, bfloat16 autocast) and with each memory allocator (the
+system's malloc and jemalloc keeping freed pages, app/allocator.py), each run in its own child process
+so that its peak RSS is its own; prints seconds per stage, each stage's share of the total, the
 speed-up over float32 of the same configuration, the window count and the peak RSS.
 
 ``--inputs`` compares the model inputs: ``head`` (a card without ``input_convention``: the native
@@ -14,7 +15,7 @@ work the brain crop saves shows in the ``infer`` column and the window count, an
 extra steps cost shows in ``volume``.
 
     .venv/bin/python benchmarks/bench_app.py [--configs full small] [--precisions float32 bfloat16]
-        [--inputs head brain] [--threads 2]
+        [--inputs head brain] [--allocators system jemalloc] [--threads 2]
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo's packages
+from app import allocator
 from app.batch import load_model, process_study
 from app.config import load_settings
 from app.synthetic_study import SeriesSpec, write_study
@@ -81,7 +84,22 @@ def measure(models: Path, study: Path, out: Path, precision: str, threads: int, 
     model_seconds = time.perf_counter() - started
     files, times = process_study(settings, card, segmenter, study, out)
     windows = json.loads(files.report.read_text())["inference"]["windows_run"]
-    queue.put((model_seconds, times, windows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    queue.put((allocator.in_use(), model_seconds, times, windows,
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def run_child(context: Any, models: Path, study: Path, out: Path, precision: str, chosen: str,
+              threads: int) -> tuple[Any, ...]:
+    """`measure` in a child process started with allocator ``chosen``; its row."""
+    queue = context.Queue()
+    with allocator.for_children(chosen):
+        child = context.Process(target=measure, args=(models, study, out, precision, threads, queue))
+        child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"{models.name} {precision} {chosen}: the measuring process failed (exit code "
+                         f"{child.exitcode})")
+    return queue.get()
 
 
 def main() -> None:
@@ -89,6 +107,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "full"])
     parser.add_argument("--precisions", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     parser.add_argument("--inputs", nargs="+", choices=("head", "brain"), default=["head"])
+    parser.add_argument("--allocators", nargs="+", choices=("system", "jemalloc"), default=["system", "jemalloc"],
+                        help="memory allocator of the measuring process (app/allocator.py)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     context = mp.get_context("spawn")
@@ -102,29 +122,26 @@ def main() -> None:
             for inputs in args.inputs:
                 models = model_folder(root / f"{name}-{inputs}", CONFIGS[name], inputs)
                 for precision in args.precisions:
-                    queue = context.Queue()
-                    out = root / f"out-{name}-{inputs}-{precision}"
-                    child = context.Process(target=measure, args=(models, root / "study", out, precision,
-                                                                  args.threads, queue))
-                    child.start()
-                    child.join()
-                    if child.exitcode != 0:
-                        raise SystemExit(f"{name} {inputs} {precision}: the measuring process failed "
-                                         f"(exit code {child.exitcode})")
-                    rows.append(((name, inputs), precision, *queue.get()))
+                    for chosen in args.allocators:
+                        rows.append(((name, inputs), precision, *run_child(
+                            context, models, root / "study", root / f"out-{name}-{inputs}-{precision}-{chosen}",
+                            precision, chosen, args.threads)))
     print(f"\nstage seconds (share of the chain), CPU, {args.threads} threads; model loading is once per process; "
-          f"speed-up = the float32 total of the same config on {args.inputs[0]} inputs / this total")
-    print(f"{'config':6s} {'inputs':>6s} {'precision':>9s} {'load model':>10s} " + " ".join(f"{s:>14s}" for s in STAGES)
-          + f" {'total':>7s} {'speed-up':>8s} {'windows':>7s} {'peak RSS MiB':>12s}")
-    baseline = {key[0]: sum(times[s] for s in STAGES) for key, precision, _, times, _, _ in rows
-                if precision == "float32" and key[1] == args.inputs[0]}
-    for (name, inputs), precision, model_seconds, times, windows, rss in rows:
+          f"speed-up = the float32 total of the same config on {args.inputs[0]} inputs with the "
+          f"{args.allocators[0]} allocator / this total")
+    print(f"{'config':6s} {'inputs':>6s} {'precision':>9s} {'allocator':>9s} {'load model':>10s} "
+          + " ".join(f"{s:>14s}" for s in STAGES) + f" {'total':>7s} {'speed-up':>8s} {'windows':>7s} "
+          f"{'peak RSS MiB':>12s}")
+    baseline: dict[str, float] = {}
+    for key, precision, _used, _, times, _, _ in rows:
+        if precision == "float32" and key[1] == args.inputs[0]:
+            baseline.setdefault(key[0], sum(times[s] for s in STAGES))
+    for (name, inputs), precision, used, model_seconds, times, windows, rss in rows:
         total = sum(times[s] for s in STAGES)
         cells = " ".join(f"{times[s]:7.1f} ({times[s] / total:4.0%})" for s in STAGES)
         speedup = f"{baseline[name] / total:7.2f}x" if name in baseline else f"{'-':>8s}"
-        print(f"{name:6s} {inputs:>6s} {precision:>9s} {model_seconds:10.1f} {cells} {total:7.1f} {speedup} "
-              f"{windows:7d} {rss:12.0f}")
-
+        print(f"{name:6s} {inputs:>6s} {precision:>9s} {used:>9s} {model_seconds:10.1f} {cells} {total:7.1f} "
+              f"{speedup} {windows:7d} {rss:12.0f}")
 
 if __name__ == "__main__":
     main()

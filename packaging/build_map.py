@@ -90,9 +90,10 @@ USER root
 # Triton (in PyPI's CUDA torch) compiles a C launcher at its first GPU use: it needs gcc and Python.h.
 # (Without them the 'auto' scan backend falls back to the chunked one, with one warning.)
 # OpenCV (rt-utils, for the optional RT Structure Set) loads libGL and libglib at import.
+# jemalloc: the allocator the network's processes preload (app/allocator.py; ~1.5x faster CPU windows).
 RUN apt-get update \\
     && apt-get install -y --no-install-recommends --no-install-suggests gcc libc6-dev \\
-        python3-dev=${{PYTHON_VERSION}} libgl1 libglib2.0-0 \\
+        python3-dev=${{PYTHON_VERSION}} libgl1 libglib2.0-0 libjemalloc2 \\
     && rm -rf /var/lib/apt/lists/*
 # Entry point that runs the application with exec: its exit status and signals are kept
 # (the packager's /var/holoscan/tools always exits 0).

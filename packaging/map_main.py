@@ -36,7 +36,7 @@ def run() -> int:
         return EXIT_BAD_MODE
     from app.cli import main
 
-    return main(argv)
+    return main(argv, program=True)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,12 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
     """The child: load the model once, then answer JobRequests with JobDone or JobFailed until closed."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    from app import allocator
     from app.batch import load_model, process_study
     from app.logs import log_context, setup_logging
 
     setup_logging(settings, "segmamba-worker.log")
+    log.info("worker memory allocator: %s", allocator.in_use())
     current = settings
     card, segmenter = load_model(current)
     connection.send(Ready())
@@ -143,6 +145,8 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
             device = str(getattr(segmenter, "device", current.device))
             connection.send(JobFailed(classify(error), type(error).__name__, str(error).strip() or repr(error),
                                       getattr(segmenter, "sw_batch_size", None), device))
+        finally:
+            allocator.release_kept_memory()  # an idle node does not hold the study's peak memory
 
 
 class JobExecutor:

@@ -225,6 +225,7 @@ def test_dockerfile_gives_triton_a_compiler_and_any_uid_its_folders(context: Pat
     additions = text[text.index("segmamba-node additions"):]
     assert re.search(r"apt-get install [^\n]*gcc libc6-dev \\\n\s+python3-dev=\$\{PYTHON_VERSION\}", additions)
     assert "libgl1 libglib2.0-0" in additions, "OpenCV (RTSTRUCT output) needs libGL and libglib in the image"
+    assert "libjemalloc2" in additions, "the network's processes preload jemalloc (app/allocator.py)"
     folders = ("/var/holoscan/input", "/var/holoscan/output", "/var/holoscan/spool", "/var/holoscan/logs")
     mkdir = next(line for line in additions.splitlines() if "mkdir -p" in line)
     assert all(folder in mkdir for folder in folders)
@@ -489,7 +490,12 @@ def test_main_selects_the_mode_from_argument_or_environment(
 
     calls: list[list[str]] = []
     fake_cli = types.ModuleType("app.cli")
-    fake_cli.main = lambda argv: calls.append(argv) or 0  # type: ignore[attr-defined]
+
+    def fake_main(argv: list[str], program: bool) -> int:
+        calls.append(argv)
+        return 0 if program else 1  # the MAP entry is the process's program: it may restart under jemalloc
+
+    fake_cli.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "app.cli", fake_cli)
     monkeypatch.setenv("SEGMAMBA_MODE", "serve")
     monkeypatch.setattr(sys, "argv", ["/opt/holoscan/app", "--log-level", "DEBUG"])

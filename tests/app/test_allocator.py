@@ -1,0 +1,116 @@
+"""The network's processes run with jemalloc keeping freed pages (app/allocator.py), and give them back between jobs."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import allocator
+from operators.errors import ConfigurationError
+from tests.support.paths import REPO
+
+# Resident memory around a 512 MiB block freed, then after release_kept_memory (MiB, one line).
+RSS_PROBE = """
+import os
+import torch
+from app import allocator
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+before = rss()
+block = torch.ones(512 * 2**20 // 4)
+del block
+kept = rss()
+released = allocator.release_kept_memory()
+print(allocator.in_use(), before, kept, rss(), released)
+"""
+
+
+def plain_environment() -> dict[str, str]:
+    """This environment without a preload or an allocator configuration of its own."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("LD_PRELOAD", "MALLOC_CONF", allocator.RESTARTED)}
+
+
+def run_app(*options: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m app`` on an empty study folder (it fails with the study's error after the restart)."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress",
+               *options]
+    return subprocess.run(command, cwd=REPO, env=plain_environment(), capture_output=True, text=True, timeout=300)
+
+
+def test_the_machine_has_jemalloc() -> None:
+    """The setup installs libjemalloc2 (tools/setup, the image); the tests below need it to mean anything."""
+    assert allocator.jemalloc_library() is not None
+
+
+def test_a_batch_run_restarts_itself_with_jemalloc_and_keeps_its_exit_status(tmp_path: Path) -> None:
+    result = run_app(tmp_path=tmp_path)
+    assert result.stderr.count("memory allocator: jemalloc") == 1, result.stderr[-2000:]
+    assert result.stderr.count("ERROR ") == 1 and "no files" in result.stderr  # the study's error, once
+    assert result.returncode == 2
+
+
+def test_allocator_system_keeps_the_system_malloc(tmp_path: Path) -> None:
+    result = run_app("--allocator", "system", tmp_path=tmp_path)
+    assert "memory allocator: system" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2
+
+
+def test_jemalloc_kept_pages_are_reused_then_given_back_after_a_job() -> None:
+    environment = allocator.environment_for("jemalloc", plain_environment())
+    assert environment is not None
+    result = subprocess.run([sys.executable, "-c", RSS_PROBE], cwd=REPO, env=environment, capture_output=True,
+                            text=True, timeout=300, check=True)
+    name, before, kept, after, released = result.stdout.split()
+    assert name == "jemalloc" and released == "True"
+    assert int(kept) - int(before) >= 400  # the freed block stays mapped for the next one: no page faults
+    assert int(after) - int(before) <= 64  # and goes back to the system once the job is done
+
+
+def test_the_system_malloc_has_nothing_to_give_back() -> None:
+    result = subprocess.run([sys.executable, "-c", RSS_PROBE], cwd=REPO, env=plain_environment(),
+                            capture_output=True, text=True, timeout=300, check=True)
+    name, _before, _kept, _after, released = result.stdout.split()
+    assert (name, released) == ("system", "False")
+
+
+def _report_allocator(queue: multiprocessing.Queue) -> None:  # the child of the spawn test below
+    queue.put(allocator.in_use())
+
+
+def test_the_node_worker_process_starts_with_jemalloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` exports the preload; the worker (a spawned child, as app/node/executor.py starts it) uses it."""
+    for key in ("LD_PRELOAD", "MALLOC_CONF"):  # recorded, so the export below does not outlive the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    assert allocator.export_for_children("auto")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_report_allocator, args=(queue,))
+    child.start()
+    assert queue.get(timeout=120) == "jemalloc"
+    child.join(60)
+
+
+def test_environment_keeps_other_preloads_and_a_given_malloc_conf() -> None:
+    environment = allocator.environment_for("auto", {"LD_PRELOAD": "libother.so", "MALLOC_CONF": "narenas:2"})
+    assert environment is not None
+    assert environment["LD_PRELOAD"].split() == [allocator.jemalloc_library(), "libother.so"]
+    assert environment["MALLOC_CONF"] == "narenas:2"
+    assert allocator.environment_for("auto", {})["MALLOC_CONF"] == allocator.JEMALLOC_CONF  # type: ignore[index]
+    assert allocator.environment_for("system", {"PATH": "/bin"}) is None
+
+
+def test_missing_jemalloc_is_an_error_only_when_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allocator, "jemalloc_library", lambda: None)
+    assert allocator.environment_for("auto", {}) is None  # auto: the system's malloc
+    with pytest.raises(ConfigurationError, match="libjemalloc2"):
+        allocator.environment_for("jemalloc", {})
+    with pytest.raises(ConfigurationError, match="allocator must be one of"):
+        allocator.environment_for("tcmalloc", {})
