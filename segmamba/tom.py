@@ -139,12 +139,13 @@ class TriOrientedMamba(nn.Module):
         return self.out_proj(out.transpose(1, 2))
 
     def _fused_cpu_applies(self, hidden_states: torch.Tensor) -> bool:
-        """CPU float32 inference with the default scan (no gradient wanted) and numba present."""
+        """CPU float32 inference with the default scan (no gradient wanted), at least one channel block
+        (CHANNEL_BLOCK inner channels), and numba present."""
         wants_grad = torch.is_grad_enabled() and (
             hidden_states.requires_grad or any(p.requires_grad for p in self.parameters()))
         return (self.fused_cpu_inference and not wants_grad and hidden_states.device.type == "cpu"
                 and hidden_states.dtype == torch.float32 and self.scan_backend in ("auto", "chunked")
-                and token_major.available())
+                and self.d_inner >= token_major.CHANNEL_BLOCK and token_major.available())
 
     def _forward_token_major(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The same mixing as `forward`, with the three directions read from the token-major

@@ -64,39 +64,55 @@ if cpu_kernel.numba is not None:
                     v = out[b, t, e]
                     out[b, t, e] = v / (_F32(1.0) + _expf(-v))
 
+    _LANES = np.uint64(CHANNEL_BLOCK)
+
     def _scan_kernel(u: Any, delta: Any, x_dbl: Any, b_col: int, c_col: int, A_t: Any, D: Any, xz: Any,
                      order: Any, out: Any) -> None:  # pragma: no cover - compiled by numba
         """out[b, order[t], e] += (<h_t, C_t> + D[e] u[b, t, e]) * silu(z[b, order[t], e]), with
         h_t = exp(delta A) h_{t-1} + delta B_t u_t; B_t, C_t = x_dbl[b, t, b_col:], x_dbl[b, t, c_col:];
-        A_t is A transposed, (N, E); z is the channels E.. 2E of xz. The state is held lane-major,
-        h[n, e], so each step's update runs across the block's channels with no horizontal sum."""
+        A_t is A transposed, (N, E); z is the channels E.. 2E of xz; E >= CHANNEL_BLOCK.
+
+        The state is held lane-major, h[n, e], so each step's update runs across the block's channels
+        with no horizontal sum. Every per-step loop runs over exactly CHANNEL_BLOCK lanes with unsigned
+        indices (no negative-index wraparound), which LLVM turns into whole vectors: the last block
+        is moved back to end at E, and its lanes that the previous block owns add zero."""
         batch, length, dim = u.shape
         n_state = A_t.shape[0]
         blocks = (dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+        z0 = np.uint64(dim)
         for task in numba.prange(batch * blocks):
             b = task // blocks
-            e0 = (task % blocks) * CHANNEL_BLOCK
-            width = min(CHANNEL_BLOCK, dim - e0)
-            h = np.zeros((n_state, CHANNEL_BLOCK), dtype=np.float32)
+            start = (task % blocks) * CHANNEL_BLOCK
+            e0 = np.uint64(min(start, dim - CHANNEL_BLOCK))
+            own = np.empty(CHANNEL_BLOCK, dtype=np.float32)  # 1 for the block's own lanes, 0 for the previous one's
+            d_skip = np.empty(CHANNEL_BLOCK, dtype=np.float32)
+            a = np.empty(n_state * CHANNEL_BLOCK, dtype=np.float32)
+            for i in range(_LANES):
+                own[i] = _F32(1.0) if e0 + i >= start else _F32(0.0)
+                d_skip[i] = D[e0 + i]
+                for n in range(n_state):
+                    a[np.uint64(n * CHANNEL_BLOCK) + i] = A_t[n, e0 + i]
+            h = np.zeros(n_state * CHANNEL_BLOCK, dtype=np.float32)
             y = np.empty(CHANNEL_BLOCK, dtype=np.float32)
             d_t = np.empty(CHANNEL_BLOCK, dtype=np.float32)
             du = np.empty(CHANNEL_BLOCK, dtype=np.float32)
             for t in range(length):
                 token = order[t]
-                for i in range(width):
+                for i in range(_LANES):
                     d_t[i] = delta[b, t, e0 + i]
                     du[i] = d_t[i] * u[b, t, e0 + i]
-                    y[i] = D[e0 + i] * u[b, t, e0 + i]
+                    y[i] = d_skip[i] * u[b, t, e0 + i]
                 for n in range(n_state):
                     b_n = x_dbl[b, t, b_col + n]
                     c_n = x_dbl[b, t, c_col + n]
-                    for i in range(width):  # vectorised over the block's channels
-                        hn = _expf(d_t[i] * A_t[n, e0 + i]) * h[n, i] + du[i] * b_n
-                        h[n, i] = hn
+                    row = np.uint64(n * CHANNEL_BLOCK)
+                    for i in range(_LANES):  # one vector across the block's channels
+                        hn = _expf(d_t[i] * a[row + i]) * h[row + i] + du[i] * b_n
+                        h[row + i] = hn
                         y[i] += hn * c_n
-                for i in range(width):
-                    g = xz[b, token, dim + e0 + i]
-                    out[b, token, e0 + i] += y[i] * (g / (_F32(1.0) + _expf(-g)))
+                for i in range(_LANES):
+                    g = xz[b, token, z0 + e0 + i]
+                    out[b, token, e0 + i] += own[i] * (y[i] * (g / (_F32(1.0) + _expf(-g))))
 
     @functools.cache
     def _compiled(name: str) -> Callable[..., None]:
@@ -147,8 +163,10 @@ def scan_accumulate(u: Tensor, delta: Tensor, x_dbl: Tensor, b_col: int, A: Tens
 
     u, delta: (batch, L, E) contiguous, scan order (delta already softplus'd); x_dbl: (batch, L,
     >= b_col + 2N), B at columns b_col.., C after it; A: (E, N); D: (E,); xz: (batch, L, 2E) token
-    order, z its channels E..2E. All float32.
+    order, z its channels E..2E. All float32; E >= CHANNEL_BLOCK.
     """
+    if u.shape[-1] < CHANNEL_BLOCK:
+        raise ValueError(f"the token-major scan needs at least {CHANNEL_BLOCK} channels, got {u.shape[-1]}")
     n_state = A.shape[1]
     cpu_kernel.run_kernel(_compiled("scan"), u, delta, x_dbl.contiguous(), b_col, b_col + n_state,
                           A.detach().float().t().contiguous(), D.detach().float().contiguous(), xz.contiguous(),

@@ -88,3 +88,16 @@ def test_training_keeps_the_differentiable_path() -> None:
     with torch.no_grad():
         assert layer._fused_cpu_applies(tokens)  # no gradient wanted: inference path
     assert not layer._fused_cpu_applies(tokens.detach().double())
+
+
+def test_a_layer_narrower_than_one_channel_block_keeps_the_channel_major_path() -> None:
+    """d_model 4 gives 8 inner channels, fewer than a scan block: the layer still runs, on the other path."""
+    layer = perturbed_layer(4, 4, seed=5)
+    tokens = torch.randn(1, 64, 4)
+    with torch.inference_mode():
+        assert not layer._fused_cpu_applies(tokens)
+        assert layer(tokens).shape == (1, 64, 4)
+    with pytest.raises(ValueError, match="at least 16 channels"):
+        token_major.scan_accumulate(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), torch.zeros(1, 8, 33), 1,
+                                    torch.zeros(8, 16), torch.zeros(8), torch.zeros(1, 8, 16),
+                                    torch.arange(8), torch.zeros(1, 8, 8))
