@@ -15,7 +15,7 @@ work the brain crop saves shows in the ``infer`` column and the window count, an
 extra steps cost shows in ``volume``.
 
     .venv/bin/python benchmarks/bench_app.py [--configs full small] [--precisions float32 bfloat16]
-        [--inputs head brain] [--allocators system jemalloc] [--threads 2]
+        [--inputs head brain] [--allocators system jemalloc] [--baseline-inputs head] [--threads 2]
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ def main() -> None:
     parser.add_argument("--allocators", nargs="+", choices=("system", "jemalloc"), default=["system", "jemalloc"],
                         help="memory allocator of the measuring process (app/allocator.py)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-inputs", choices=("head", "brain"),
+                        help="inputs of the float32 run the speed-ups are against (default: the first of --inputs; "
+                             "run first if not among them)")
     args = parser.parse_args()
+    base_inputs = args.baseline_inputs or args.inputs[0]
     context = mp.get_context("spawn")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -119,22 +123,26 @@ def main() -> None:
         brats_size_study(root / "study")
         print(f"wrote the 240x240x155 study in {time.perf_counter() - started:.1f} s")
         for name in args.configs:
-            for inputs in args.inputs:
-                models = model_folder(root / f"{name}-{inputs}", CONFIGS[name], inputs)
-                for precision in args.precisions:
-                    for chosen in args.allocators:
-                        rows.append(((name, inputs), precision, *run_child(
-                            context, models, root / "study", root / f"out-{name}-{inputs}-{precision}-{chosen}",
-                            precision, chosen, args.threads)))
+            runs = [(inputs, precision, chosen) for inputs in args.inputs for precision in args.precisions
+                    for chosen in args.allocators]
+            if (base_inputs, "float32", args.allocators[0]) not in runs:
+                runs.insert(0, (base_inputs, "float32", args.allocators[0]))
+            for inputs, precision, chosen in runs:
+                models = root / f"{name}-{inputs}"
+                if not models.exists():
+                    model_folder(models, CONFIGS[name], inputs)
+                rows.append(((name, inputs), precision, *run_child(
+                    context, models, root / "study", root / f"out-{name}-{inputs}-{precision}-{chosen}",
+                    precision, chosen, args.threads)))
     print(f"\nstage seconds (share of the chain), CPU, {args.threads} threads; model loading is once per process; "
-          f"speed-up = the float32 total of the same config on {args.inputs[0]} inputs with the "
+          f"speed-up = the float32 total of the same config on {base_inputs} inputs with the "
           f"{args.allocators[0]} allocator / this total")
     print(f"{'config':6s} {'inputs':>6s} {'precision':>9s} {'allocator':>9s} {'load model':>10s} "
           + " ".join(f"{s:>14s}" for s in STAGES) + f" {'total':>7s} {'speed-up':>8s} {'windows':>7s} "
           f"{'peak RSS MiB':>12s}")
     baseline: dict[str, float] = {}
     for key, precision, _used, _, times, _, _ in rows:
-        if precision == "float32" and key[1] == args.inputs[0]:
+        if precision == "float32" and key[1] == base_inputs:
             baseline.setdefault(key[0], sum(times[s] for s in STAGES))
     for (name, inputs), precision, used, model_seconds, times, windows, rss in rows:
         total = sum(times[s] for s in STAGES)
