@@ -4,20 +4,28 @@
 bfloat16 instructions (AVX512-BF16 or AMX, as oneDNN reports them) -> bfloat16 autocast; any other
 CPU -> float32. float32 is always available. The Mamba layers run in float32 whatever is chosen
 (segmamba.blocks.MambaLayer).
+
+torch is imported where it is used: the settings import PRECISIONS before a batch run restarts
+itself with its memory allocator (app/allocator.py), and that start should not load torch twice.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from operators.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    import torch
+
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTOCAST_PRECISIONS = ("bfloat16", "float16")  # the torch dtypes of that name
 
 
 def cpu_has_bf16() -> bool:
     """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX), not by emulation."""
+    import torch
+
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -36,5 +44,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The autocast context for a resolved precision (disabled for float32)."""
-    dtype = DTYPES.get(precision, torch.float32)
+    import torch
+
+    dtype = getattr(torch, precision) if precision in AUTOCAST_PRECISIONS else torch.float32
     return torch.autocast(device.type, dtype=dtype, enabled=precision != "float32")

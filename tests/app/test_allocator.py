@@ -114,3 +114,12 @@ def test_missing_jemalloc_is_an_error_only_when_required(monkeypatch: pytest.Mon
         allocator.environment_for("jemalloc", {})
     with pytest.raises(ConfigurationError, match="allocator must be one of"):
         allocator.environment_for("tcmalloc", {})
+
+
+def test_the_command_line_and_settings_load_without_torch() -> None:
+    """A batch run restarts itself under jemalloc after reading its settings: torch must not be loaded
+    by then (it would be loaded twice, ~2 s)."""
+    probe = "import sys, app.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            check=True)
+    assert result.stdout.strip() == "False"
