@@ -10,9 +10,9 @@ An allocator is chosen when a process starts (``LD_PRELOAD``), so:
 
 * a batch run (``python -m app``, the MAP entry) restarts itself once with jemalloc preloaded
   (`restart_with`), before torch is imported;
-* the node sets the variables in its own environment (`export_for_children`), so the worker
-  process it spawns for the network starts with jemalloc; the worker gives the kept pages back
-  after each job (`release_kept_memory`), so an idle node does not hold a study's peak.
+* the node starts the worker process that runs the network with the variables set
+  (`for_children`, app/node/executor.py); the worker gives the kept pages back after each job
+  (`release_kept_memory`), so an idle node does not hold a study's peak.
 
 ``allocator`` setting: ``auto`` (jemalloc when libjemalloc is installed, else the system's),
 ``jemalloc`` (required: a clear error when missing), ``system``. A ``MALLOC_CONF`` already in
@@ -96,30 +96,26 @@ def restart_with(choice: str) -> None:
     os.execve(sys.executable, sys.orig_argv, environment)
 
 
-def export_for_children(choice: str) -> bool:
-    """Set this process's environment so that the processes it starts preload jemalloc; whether it did."""
-    environment = environment_for(choice, os.environ)
-    if environment is None:
-        return False
-    os.environ.update(environment)
-    return True
-
-
 @contextlib.contextmanager
 def for_children(choice: str) -> Iterator[None]:
-    """Within the block, processes started from this one use ``jemalloc`` or the ``system`` malloc
-    (benchmarks compare the two); this process's environment is restored after it."""
-    saved = dict(os.environ)
+    """Within the block, processes started from this one use the allocator ``choice`` (``system``: no
+    preload); the variables it sets are restored after it, and no other is touched."""
+    keys = ("LD_PRELOAD", "MALLOC_CONF")
+    saved = {key: os.environ.get(key) for key in keys}
+    wanted = environment_for(choice, os.environ) or {}
     try:
-        if choice == "system":
-            for key in ("LD_PRELOAD", "MALLOC_CONF"):
+        for key in keys:
+            if key in wanted:
+                os.environ[key] = wanted[key]
+            elif choice == "system":
                 os.environ.pop(key, None)
-        else:
-            os.environ.update(environment_for(choice, os.environ) or {})
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def release_kept_memory() -> bool:

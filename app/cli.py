@@ -241,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
     from operators.errors import ConfigurationError
 
     try:
-        allocator.export_for_children(settings.allocator)  # the worker that runs the network preloads it
+        allocator.environment_for(settings.allocator, {})  # a required jemalloc that is missing: refuse to start
         serve(settings)
     except ConfigurationError as error:  # TLS files, web access: refuse to start, one line
         print(f"ERROR configuration: {error}", file=sys.stderr)

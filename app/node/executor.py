@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from app import allocator
 from app.config import Settings
 from app.node.worker_messages import JobDone, JobFailed, JobRequest, Ready
 
@@ -115,7 +116,6 @@ def _child_main(connection: Connection, settings: Settings, parent_pid: int | No
     """The child: load the model once, then answer JobRequests with JobDone or JobFailed until closed."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    from app import allocator
     from app.batch import load_model, process_study
     from app.logs import log_context, setup_logging
 
@@ -172,7 +172,8 @@ class JobExecutor:
             raise WorkerStopped("the node is stopping")
         self._process = self._context.Process(target=self._child, args=(child, self.settings, os.getpid()),
                                               name="segmamba-worker", daemon=True)
-        self._process.start()
+        with allocator.for_children(self.settings.allocator):  # the worker runs the network: jemalloc preloaded
+            self._process.start()
         child.close()
         self._connection = parent
         deadline = time.monotonic() + self.start_timeout

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 
 from app import allocator
+from app.config import Settings
+from app.node.executor import PERMANENT, JobExecutor
+from app.node.worker_messages import JobFailed, Ready
 from operators.errors import ConfigurationError
 from tests.support.paths import REPO
 
@@ -80,22 +83,25 @@ def test_the_system_malloc_has_nothing_to_give_back() -> None:
     assert (name, released) == ("system", "False")
 
 
-def _report_allocator(queue: multiprocessing.Queue) -> None:  # the child of the spawn test below
-    queue.put(allocator.in_use())
+def reporting_child(connection: Connection, _settings: Settings, _parent_pid: int | None = None) -> None:
+    """A worker child that answers its one job with the allocator it runs with (as the message)."""
+    connection.send(Ready())
+    connection.recv()
+    connection.send(JobFailed(PERMANENT, "Probe", allocator.in_use(), None, "cpu"))
+    connection.recv()
 
 
-def test_the_node_worker_process_starts_with_jemalloc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``serve`` exports the preload; the worker (a spawned child, as app/node/executor.py starts it) uses it."""
-    for key in ("LD_PRELOAD", "MALLOC_CONF"):  # recorded, so the export below does not outlive the test
-        monkeypatch.setenv(key, "")
-        monkeypatch.delenv(key)
-    assert allocator.export_for_children("auto")
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_report_allocator, args=(queue,))
-    child.start()
-    assert queue.get(timeout=120) == "jemalloc"
-    child.join(60)
+@pytest.mark.parametrize(("choice", "expected"), [("auto", "jemalloc"), ("system", "system")])
+def test_the_node_worker_process_runs_with_the_configured_allocator(choice: str, expected: str) -> None:
+    """The node's worker (app/node/executor.py) is started with jemalloc preloaded; the node itself is not."""
+    before = {key: os.environ.get(key) for key in ("LD_PRELOAD", "MALLOC_CONF")}
+    executor = JobExecutor(Settings(allocator=choice), start_timeout=120, child=reporting_child)
+    try:
+        outcome = executor.run(Path("/nonexistent/in"), Path("/nonexistent/out"), timeout=120)
+    finally:
+        executor.close()
+    assert outcome.message == expected
+    assert {key: os.environ.get(key) for key in before} == before
 
 
 def test_environment_keeps_other_preloads_and_a_given_malloc_conf() -> None:
