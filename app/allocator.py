@@ -81,7 +81,8 @@ def environment_for(choice: str, environ: Mapping[str, str]) -> dict[str, str] |
 
 def restart_with(choice: str) -> None:
     """Replace this process by the same command with jemalloc preloaded, when ``choice`` asks for it
-    and it is not in use yet; returns when nothing is to be done (or the restart already happened)."""
+    and it is not in use yet; returns when nothing is to be done, the restart already happened, or
+    the process cannot be replaced (a warning; the run goes on with the system's malloc)."""
     if jemalloc_active():
         return
     environment = environment_for(choice, os.environ)
@@ -93,7 +94,10 @@ def restart_with(choice: str) -> None:
     environment[RESTARTED] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, environment)
+    try:
+        os.execve(sys.executable, sys.orig_argv, environment)
+    except OSError as error:  # e.g. an interpreter this uid may run but not exec again: go on as is
+        log.warning("memory allocator: cannot restart with jemalloc (%s); running with the system's", error)
 
 
 @contextlib.contextmanager

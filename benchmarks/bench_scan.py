@@ -7,7 +7,8 @@ one warm-up call (which includes numba's JIT compile or cache load); "CPU s" is 
 time of that call, all threads together. Sections:
 
 * forward: under torch.no_grad(); the reference loop is timed on a prefix of the sequence and
-  extrapolated linearly;
+  extrapolated linearly; the token-major kernel (segmamba/scan/token_major.py) takes (batch, L, E)
+  operands, as the ToM layer's CPU inference holds them, with the step's softplus in torch;
 * grad: forward + backward (every input requires grad), the numba kernels against the chunked
   torch autograd path (timed once after the warm-up: it is slow), at L = 32,768 and at the demo
   model's per-stage scan sizes (patch 48, batch 2: L = 24^3 .. 3^3, E = 2 x feat);
@@ -37,6 +38,7 @@ PATHS = {
     "reference": "reference (sequential loop)",
     "kernel": "chunked, auto = numba kernel (default)",
     "torch": "chunked, torch path (no numba)",
+    "token_major": "token-major kernel (ToM CPU inference)",
 }
 REFERENCE_PREFIX = 8192
 # (batch, L, E, N) for the grad section: a long sequence, then the demo model's four stages.
@@ -78,6 +80,8 @@ def measure(path: str, length: int, dim: int, n_state: int, repeats: int, thread
     if path == "reference":
         def fn() -> torch.Tensor:
             return reference_scan(**inputs, delta_softplus=True)
+    elif path == "token_major":
+        fn = token_major_scan(inputs)
     else:
         def fn() -> torch.Tensor:
             return chunked_scan(**inputs, delta_softplus=True, use_kernel=path == "kernel")
@@ -93,6 +97,26 @@ def measure(path: str, length: int, dim: int, n_state: int, repeats: int, thread
     return {"first": times[0] * scale, "best": min(times[1:]) * scale, "cpu": min(cpu_times[1:]) * scale,
             "rss_inputs_mb": rss_inputs,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "scale": scale}
+
+
+def token_major_scan(inputs: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """The same scan as TriOrientedMamba's CPU inference runs it: (batch, L, channels) operands, the
+    softplus of the step in torch, `token_major.scan_accumulate` adding into the output."""
+    from segmamba.scan import token_major
+
+    u = inputs["u"].transpose(1, 2).contiguous()
+    delta = (inputs["delta"] + inputs["delta_bias"][:, None]).transpose(1, 2).contiguous()
+    x_dbl = torch.cat([inputs["B"], inputs["C"]], dim=1).transpose(1, 2).contiguous()  # B then C columns
+    xz = torch.cat([inputs["u"], inputs["z"]], dim=1).transpose(1, 2).contiguous()  # z: the channels E..2E
+    order = token_major.direction_order(u.shape[1], "forward", 1)
+    out = torch.empty_like(u)
+
+    def fn() -> torch.Tensor:
+        out.zero_()
+        token_major.scan_accumulate(u, torch.nn.functional.softplus(delta), x_dbl, 0, inputs["A"], inputs["D"], xz,
+                                    order, out)
+        return out
+    return fn
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:

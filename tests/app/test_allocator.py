@@ -129,3 +129,17 @@ def test_the_command_line_and_settings_load_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_restart_that_cannot_happen_leaves_the_run_going(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """An interpreter the uid may run but not exec again (a root-owned pyenv under setpriv): warn, go on."""
+    def refused(*_args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(allocator, "jemalloc_active", lambda: False)
+    monkeypatch.delenv(allocator.RESTARTED, raising=False)
+    monkeypatch.setattr(os, "execve", refused)
+    with caplog.at_level("WARNING", logger="app.allocator"):
+        allocator.restart_with("auto")
+    assert "cannot restart with jemalloc" in caplog.text
