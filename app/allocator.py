@@ -102,11 +102,15 @@ def restart_with(choice: str) -> None:
 
 @contextlib.contextmanager
 def for_children(choice: str) -> Iterator[None]:
-    """Within the block, processes started from this one use the allocator ``choice`` (``system``: no
-    preload); the variables it sets are restored after it, and no other is touched."""
+    """Within the block, processes started from this one use the allocator ``choice`` (``system``:
+    jemalloc left out of LD_PRELOAD, other preloads kept); LD_PRELOAD and MALLOC_CONF are restored
+    after it, and no other variable is touched."""
     keys = ("LD_PRELOAD", "MALLOC_CONF")
     saved = {key: os.environ.get(key) for key in keys}
     wanted = environment_for(choice, os.environ) or {}
+    if choice == "system":
+        others = [entry for entry in os.environ.get("LD_PRELOAD", "").split() if "jemalloc" not in entry]
+        wanted = {"LD_PRELOAD": " ".join(others)} if others else {}
     try:
         for key in keys:
             if key in wanted:

@@ -113,6 +113,15 @@ def test_environment_keeps_other_preloads_and_a_given_malloc_conf() -> None:
     assert allocator.environment_for("system", {"PATH": "/bin"}) is None
 
 
+def test_children_with_the_system_malloc_keep_other_preloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LD_PRELOAD", f"{allocator.jemalloc_library()} libother.so")
+    monkeypatch.setenv("MALLOC_CONF", allocator.JEMALLOC_CONF)
+    with allocator.for_children("system"):
+        assert os.environ["LD_PRELOAD"] == "libother.so" and "MALLOC_CONF" not in os.environ
+    assert os.environ["LD_PRELOAD"] == f"{allocator.jemalloc_library()} libother.so"
+    assert os.environ["MALLOC_CONF"] == allocator.JEMALLOC_CONF
+
+
 def test_missing_jemalloc_is_an_error_only_when_required(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(allocator, "jemalloc_library", lambda: None)
     assert allocator.environment_for("auto", {}) is None  # auto: the system's malloc
