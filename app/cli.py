@@ -215,9 +215,11 @@ def _evaluate(args: argparse.Namespace, program: bool) -> int:
     settings = _sub_command_settings(args)
     if settings is None:
         return EXIT_STUDY_FAILED
+    from operators.errors import ConfigurationError
+
     try:
         _use_allocator(settings, program)
-    except ConfigError as error:
+    except ConfigurationError as error:  # allocator jemalloc required and not installed
         print(f"ERROR configuration: {error}", file=sys.stderr)
         return EXIT_STUDY_FAILED
     from app.evaluation import StudyMotion, run_evaluation

@@ -152,3 +152,18 @@ def test_a_restart_that_cannot_happen_leaves_the_run_going(monkeypatch: pytest.M
     with caplog.at_level("WARNING", logger="app.allocator"):
         allocator.restart_with("auto")
     assert "cannot restart with jemalloc" in caplog.text
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--dir", "{tmp}/eval", "--cases", "1"],
+                                     ["-i", "{tmp}/in", "-o", "{tmp}/out"]])
+def test_a_required_jemalloc_that_is_missing_is_one_configuration_error_line(
+        command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``evaluate`` and a batch run, as the process's program: no traceback, exit status 2."""
+    from app.cli import main
+
+    monkeypatch.setattr(allocator, "jemalloc_library", lambda: None)
+    (tmp_path / "in").mkdir()
+    argv = [part.format(tmp=tmp_path) for part in command]
+    assert main([*argv, "--allocator", "jemalloc"], program=True) == 2
+    assert "ERROR configuration: allocator jemalloc: libjemalloc is not installed" in capsys.readouterr().err
