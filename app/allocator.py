@@ -107,23 +107,26 @@ def for_children(choice: str) -> Iterator[None]:
     after it, and no other variable is touched."""
     keys = ("LD_PRELOAD", "MALLOC_CONF")
     saved = {key: os.environ.get(key) for key in keys}
-    wanted = environment_for(choice, os.environ) or {}
     if choice == "system":
-        others = [entry for entry in os.environ.get("LD_PRELOAD", "").split() if "jemalloc" not in entry]
-        wanted = {"LD_PRELOAD": " ".join(others)} if others else {}
+        others = " ".join(entry for entry in os.environ.get("LD_PRELOAD", "").split() if "jemalloc" not in entry)
+        wanted: dict[str, str | None] = {"LD_PRELOAD": others or None, "MALLOC_CONF": None}
+    else:
+        environment = environment_for(choice, os.environ) or {}
+        wanted = {key: environment[key] for key in keys if key in environment}
     try:
-        for key in keys:
-            if key in wanted:
-                os.environ[key] = wanted[key]
-            elif choice == "system":
-                os.environ.pop(key, None)
+        _set_environment(wanted)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
+
+
+def _set_environment(values: Mapping[str, str | None]) -> None:
+    """Set each variable to its value; None removes it."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def release_kept_memory() -> bool:

@@ -151,5 +151,6 @@ def main() -> None:
         print(f"{name:6s} {inputs:>6s} {precision:>9s} {used:>9s} {model_seconds:10.1f} {cells} {total:7.1f} "
               f"{speedup} {windows:7d} {rss:12.0f}")
 
+
 if __name__ == "__main__":
     main()
