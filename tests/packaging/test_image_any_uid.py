@@ -107,11 +107,13 @@ def as_arbitrary_uid(image: Path, env: dict[str, str], *args: str) -> list[str]:
 def files_of_uid_outside(volumes: Path) -> set[str]:
     """Files of the uid in world-writable places other than the volumes (a read-only root would refuse)."""
     found = set()
-    for top in WORLD_WRITABLE:
-        for path in top.rglob("*") if top.is_dir() else ():
-            with contextlib.suppress(OSError):
-                if path.lstat().st_uid == UID and volumes not in path.parents:
-                    found.add(str(path))
+    for top in WORLD_WRITABLE:  # os.walk skips folders that other processes remove during the walk
+        for folder, dirs, files in os.walk(top):
+            for name in dirs + files:
+                path = Path(folder) / name
+                with contextlib.suppress(OSError):
+                    if path.lstat().st_uid == UID and volumes not in path.parents:
+                        found.add(str(path))
     return found
 
 
